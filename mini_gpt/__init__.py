@@ -1,0 +1,10 @@
+"""mini_gpt: a small, real GPT, built one mechanism at a time for the course.
+
+Data flows one way: text -> tokenizer -> batches -> GPT -> logits -> loss | generate.
+"""
+
+from .config import GPTConfig
+from .tokenizer import BPETokenizer, CharTokenizer
+
+__all__ = ["GPTConfig", "CharTokenizer", "BPETokenizer"]
+__version__ = "0.1.0"

@@ -1,0 +1,159 @@
+"""Text -> tokens -> batches.
+
+A language model learns from windows of `block_size + 1` consecutive tokens: the input `x`
+is the first `block_size` of them and the target `y` is the same window shifted by one, so
+`y[:, t]` is the token that follows `x[:, t]`. Windows start at random offsets.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .files import course_file
+from .tokenizer import BPETokenizer, CharTokenizer, get_tokenizer
+
+Tokenizer = CharTokenizer | BPETokenizer
+
+
+def load_text(source: str | os.PathLike = "shakespeare") -> str:
+    """'shakespeare' (Tiny Shakespeare, 1,115,394 characters) or the path of any UTF-8 text file."""
+    if str(source) in ("shakespeare", "tinyshakespeare"):
+        return course_file("tinyshakespeare.txt").read_text("utf-8")
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"source must be 'shakespeare' or a UTF-8 text file; {str(source)!r} is neither")
+    try:
+        return path.read_text("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text ({exc})") from None
+
+
+def split_tokens(tokens: torch.Tensor, val_fraction: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first (1 - val_fraction) of the tokens for training, the rest for validation.
+
+    A split in one place (not shuffled windows) keeps validation text unseen in training.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    n_train = int(len(tokens) * (1.0 - val_fraction))
+    return tokens[:n_train], tokens[n_train:]
+
+
+def get_batch(
+    tokens: torch.Tensor,
+    batch_size: int,
+    block_size: int,
+    *,
+    generator: torch.Generator | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batch_size` random windows: x (B, T) and y = x shifted by one (B, T), on `device`."""
+    _check_positive("batch_size", batch_size)
+    _check_positive("block_size", block_size)
+    if tokens.dim() != 1:
+        raise ValueError(f"tokens must be 1-D, got shape {tuple(tokens.shape)}")
+    if len(tokens) <= block_size:
+        raise ValueError(
+            f"block_size ({block_size}) must be smaller than the number of tokens ({len(tokens)}): "
+            f"each window needs block_size + 1 tokens"
+        )
+    starts = torch.randint(len(tokens) - block_size, (batch_size,), generator=generator)  # (B,)
+    window = starts[:, None] + torch.arange(block_size + 1)  # (B, T+1)
+    chunk = tokens[window].long()  # (B, T+1)
+    x, y = chunk[:, :-1], chunk[:, 1:]  # (B, T) each
+    device = torch.device(device)
+    if device.type == "cuda":
+        # pinned memory lets the copy to the GPU overlap with compute
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+class BatchStream:
+    """An endless, reproducible stream of random batches that can be stopped and resumed.
+
+    Batch number `step` depends only on (seed, rank, step), so saving `state_dict()` (just the
+    step counter) and loading it later continues the exact same stream. Under DDP each rank
+    passes its own `rank` and so reads different windows.
+    """
+
+    def __init__(
+        self,
+        tokens: torch.Tensor,
+        batch_size: int,
+        block_size: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        device: str | torch.device = "cpu",
+    ):
+        _check_positive("batch_size", batch_size)
+        _check_positive("block_size", block_size)
+        self.tokens, self.batch_size, self.block_size = tokens, batch_size, block_size
+        self.seed, self.rank, self.device = int(seed), int(rank), device
+        self.step = 0
+        self._generator = torch.Generator()
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # one seed per (seed, rank, step), mixed into 63 bits
+        self._generator.manual_seed(((self.seed * 1_000_003 + self.rank) * 2_147_483_647 + self.step) % (1 << 63))
+        self.step += 1
+        return get_batch(self.tokens, self.batch_size, self.block_size, generator=self._generator, device=self.device)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed, "rank": self.rank, "step": self.step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.seed, self.rank, self.step = int(state["seed"]), int(state["rank"]), int(state["step"])
+
+
+@dataclass
+class TextDataset:
+    """A tokenized text split into train and val token tensors (1-D, int64)."""
+
+    tokenizer: Tokenizer
+    train: torch.Tensor
+    val: torch.Tensor
+
+    @classmethod
+    def from_text(cls, text: str, tokenizer: str | Tokenizer = "char", val_fraction: float = 0.1) -> "TextDataset":
+        """tokenizer: 'char' (built from this text), 'gpt2', or a tokenizer object."""
+        if isinstance(tokenizer, str):
+            tokenizer = get_tokenizer(tokenizer, text)
+        tokens = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+        train, val = split_tokens(tokens, val_fraction)
+        return cls(tokenizer, train, val)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    def split(self, name: str) -> torch.Tensor:
+        if name not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {name!r}")
+        return self.train if name == "train" else self.val
+
+    def batches(self, split: str, batch_size: int, block_size: int, **kwargs) -> BatchStream:
+        return BatchStream(self.split(split), batch_size, block_size, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"TextDataset({self.tokenizer!r}, train={len(self.train):,} tokens, val={len(self.val):,} tokens)"
+
+
+def load_dataset(
+    source: str | os.PathLike = "shakespeare", tokenizer: str | Tokenizer = "char", val_fraction: float = 0.1
+) -> TextDataset:
+    """Read a text ('shakespeare' or a file path), tokenize it and split it 90/10 by default."""
+    return TextDataset.from_text(load_text(source), tokenizer, val_fraction)
+
+
+def _check_positive(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")

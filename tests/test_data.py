@@ -1,0 +1,95 @@
+import pytest
+import torch
+
+from mini_gpt.data import BatchStream, get_batch, load_dataset, load_text, split_tokens
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    return torch.arange(1000) % 97  # not monotone, so a wrong window would show
+
+
+def test_y_is_x_shifted_and_windows_are_contiguous(tokens):
+    g = torch.Generator().manual_seed(0)
+    x, y = get_batch(tokens, 16, 24, generator=g)
+    assert x.shape == y.shape == (16, 24) and x.dtype == torch.long
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    for row_x, row_y in zip(x, y):
+        start = next(s for s in range(len(tokens) - 24) if torch.equal(tokens[s : s + 24], row_x))
+        assert torch.equal(tokens[start + 1 : start + 25], row_y)
+
+
+def test_every_window_fits_including_the_last_token():
+    tokens = torch.arange(30)
+    x, y = get_batch(tokens, 5000, 10, generator=torch.Generator().manual_seed(1))
+    assert int(x.min()) == 0 and int(y.max()) == 29  # both ends reachable, nothing out of range
+
+
+def test_deterministic_for_a_seed(tokens):
+    a = get_batch(tokens, 8, 16, generator=torch.Generator().manual_seed(3))
+    b = get_batch(tokens, 8, 16, generator=torch.Generator().manual_seed(3))
+    c = get_batch(tokens, 8, 16, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a[0], b[0]) and not torch.equal(a[0], c[0])
+
+
+def test_stream_resumes_exactly(tokens):
+    full = BatchStream(tokens, 4, 8, seed=7)
+    expected = [next(full) for _ in range(6)]
+    first = BatchStream(tokens, 4, 8, seed=7)
+    for _ in range(3):
+        next(first)
+    resumed = BatchStream(tokens, 4, 8, seed=0)
+    resumed.load_state_dict(first.state_dict())
+    for want in expected[3:]:
+        got = next(resumed)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_ranks_read_different_windows(tokens):
+    a = next(BatchStream(tokens, 4, 8, seed=7, rank=0))
+    b = next(BatchStream(tokens, 4, 8, seed=7, rank=1))
+    assert not torch.equal(a[0], b[0])
+
+
+def test_bad_arguments(tokens):
+    with pytest.raises(ValueError, match=r"block_size \(1000\) must be smaller than the number of tokens \(1000\)"):
+        get_batch(tokens, 2, 1000)
+    with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
+        get_batch(tokens, 0, 8)
+    with pytest.raises(ValueError, match=r"val_fraction must be in \[0, 1\)"):
+        split_tokens(tokens, 1.0)
+
+
+def test_split_keeps_order():
+    train, val = split_tokens(torch.arange(100), 0.1)
+    assert torch.equal(train, torch.arange(90)) and torch.equal(val, torch.arange(90, 100))
+
+
+def test_shakespeare_char_dataset():
+    data = load_dataset("shakespeare", "char")
+    text = load_text("shakespeare")
+    assert data.vocab_size == 65
+    assert len(data.train) + len(data.val) == len(text) == 1_115_394
+    assert len(data.val) == pytest.approx(0.1 * len(text), abs=1)
+    assert data.tokenizer.decode(data.train[:40].tolist()) == text[:40]
+    assert data.tokenizer.decode(data.val[-20:].tolist()) == text[-20:]
+
+
+def test_any_text_file_with_bpe(tmp_path):
+    path = tmp_path / "poem.txt"
+    path.write_text("Shall I compare thee to a summer's day?\n" * 20, "utf-8")
+    data = load_dataset(path, "gpt2", val_fraction=0.25)
+    assert data.vocab_size == 50257
+    assert data.tokenizer.decode(torch.cat([data.train, data.val]).tolist()) == path.read_text("utf-8")
+    x, y = next(data.batches("train", 2, 8, seed=0))
+    assert x.shape == (2, 8) and torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_bad_sources(tmp_path):
+    with pytest.raises(FileNotFoundError, match="source must be 'shakespeare' or a UTF-8 text file"):
+        load_text(tmp_path / "missing.txt")
+    (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
+    with pytest.raises(ValueError, match="is not UTF-8 text"):
+        load_text(tmp_path / "latin1.txt")
+    with pytest.raises(ValueError, match="split must be 'train' or 'val'"):
+        load_dataset("shakespeare").split("test")
