@@ -16,19 +16,21 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 book: setup
-	$(VENV)/bin/jupyter-book build . --keep-going
+	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 	@echo "open _build/html/index.html"
 
-test: test-lib test-notebooks
+# One pytest run: the unit tests and every chapter notebook (nbval), one summary line.
+# pytest exits 5 when it collects nothing at all, which is not a failure here.
+NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+
+test: setup
+	$(PY) -m pytest $(NBVAL) tests chapters || [ $$? -eq 5 ]
 
 test-lib: setup
 	$(PY) -m pytest
 
-# nbval re-runs every committed chapter and compares its outputs; pytest exits 5 when there
-# is no notebook to collect, which is not a failure here.
 test-notebooks: setup
-	$(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg chapters/ \
-		|| [ $$? -eq 5 ]
+	$(PY) -m pytest $(NBVAL) chapters || [ $$? -eq 5 ]
 
 lab: setup
 	$(VENV)/bin/jupyter lab chapters/
