@@ -76,9 +76,11 @@ def get_batch(
 class BatchStream:
     """An endless, reproducible stream of random batches that can be stopped and resumed.
 
-    Batch number `step` depends only on (seed, rank, step), so saving `state_dict()` (just the
-    step counter) and loading it later continues the exact same stream. Under DDP each rank
-    passes its own `rank` and so reads different windows.
+    Micro-batches are numbered globally; batch number `i` depends only on (seed, i). With
+    `world_size` data-parallel processes, rank `r` reads batches r, r + W, r + 2W, ... so the
+    ranks together read exactly what one process reads alone (0, 1, 2, ...): one process with
+    gradient accumulation over W micro-batches sees the same data as W ranks. Saving
+    `state_dict()` (the step counter) and loading it later continues the exact same stream.
     """
 
     def __init__(
@@ -89,29 +91,40 @@ class BatchStream:
         *,
         seed: int = 0,
         rank: int = 0,
+        world_size: int = 1,
         device: str | torch.device = "cpu",
     ):
         _check_positive("batch_size", batch_size)
         _check_positive("block_size", block_size)
+        _check_positive("world_size", world_size)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size - 1}] for world_size {world_size}, got {rank}")
         self.tokens, self.batch_size, self.block_size = tokens, batch_size, block_size
-        self.seed, self.rank, self.device = int(seed), int(rank), device
-        self.step = 0
+        self.seed, self.rank, self.world_size, self.device = int(seed), rank, world_size, device
+        self.step = 0  # how many batches this rank has read
         self._generator = torch.Generator()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        # one seed per (seed, rank, step), mixed into 63 bits
-        self._generator.manual_seed(((self.seed * 1_000_003 + self.rank) * 2_147_483_647 + self.step) % (1 << 63))
+        index = self.step * self.world_size + self.rank  # the global micro-batch number
+        self._generator.manual_seed((self.seed * 2_147_483_647 + index) % (1 << 63))
         self.step += 1
         return get_batch(self.tokens, self.batch_size, self.block_size, generator=self._generator, device=self.device)
 
     def state_dict(self) -> dict[str, int]:
-        return {"seed": self.seed, "rank": self.rank, "step": self.step}
+        return {"seed": self.seed, "step": self.step, "world_size": self.world_size}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.seed, self.rank, self.step = int(state["seed"]), int(state["rank"]), int(state["step"])
+        if int(state.get("world_size", 1)) != self.world_size:
+            # a different number of ranks reads the global stream in a different order: continue
+            # from the same global position so that no batch is read twice
+            global_pos = int(state["step"]) * int(state.get("world_size", 1))
+            self.step = global_pos // self.world_size
+        else:
+            self.step = int(state["step"])
+        self.seed = int(state["seed"])
 
 
 @dataclass

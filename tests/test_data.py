@@ -45,10 +45,16 @@ def test_stream_resumes_exactly(tokens):
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
-def test_ranks_read_different_windows(tokens):
-    a = next(BatchStream(tokens, 4, 8, seed=7, rank=0))
-    b = next(BatchStream(tokens, 4, 8, seed=7, rank=1))
-    assert not torch.equal(a[0], b[0])
+def test_ranks_together_read_what_one_process_reads(tokens):
+    alone = BatchStream(tokens, 4, 8, seed=7)
+    ranks = [BatchStream(tokens, 4, 8, seed=7, rank=r, world_size=3) for r in range(3)]
+    for _ in range(2):
+        for r in range(3):
+            assert torch.equal(next(ranks[r])[0], next(alone)[0])
+    a, b = next(ranks[0])[0], next(ranks[1])[0]
+    assert not torch.equal(a, b)
+    with pytest.raises(ValueError, match=r"rank must be in \[0, 2\]"):
+        BatchStream(tokens, 4, 8, rank=3, world_size=3)
 
 
 def test_bad_arguments(tokens):
