@@ -4,7 +4,8 @@ Data flows one way: text -> tokenizer -> batches -> GPT -> logits -> loss | gene
 """
 
 from .config import GPTConfig
+from .model import GPT
 from .tokenizer import BPETokenizer, CharTokenizer
 
-__all__ = ["GPTConfig", "CharTokenizer", "BPETokenizer"]
+__all__ = ["GPTConfig", "GPT", "CharTokenizer", "BPETokenizer"]
 __version__ = "0.1.0"

@@ -1,0 +1,98 @@
+"""Time-to-loss on Tiny Shakespeare, side by side in one run (not a test).
+
+Rows:
+  nanogpt-cpu   nanoGPT's documented CPU run of shakespeare_char (4 layers, 128 wide, context 64,
+                batch 12, 2000 iterations, lr 1e-3 -> 1e-4, dropout 0), trained by `mini_gpt.train`.
+                nanoGPT's own loop takes ~60 s here and reaches val loss ~1.89 (the reference).
+  preset        the `shakespeare-char` preset with `mini-gpt train`'s recipe, stopped at a wall-time
+                budget (default 300 s) with the schedule sized to fit the budget.
+
+Each row reports wall time, tokens/s, final val loss (200 batches, fixed windows) and MFU
+against the matmul peak measured at the start of the run (fp32 and bf16 GEMM on the same
+threads). Prints a markdown table; `--json FILE` writes the rows.
+
+    python benchmarks/bench_train.py [--threads 2] [--budget 300] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from mini_gpt import GPT, GPTConfig
+from mini_gpt.bench import flops_per_token, measure_matmul_peak
+from mini_gpt.cli import TRAIN_PRESETS
+from mini_gpt.data import load_dataset
+from mini_gpt.train import TrainConfig, evaluate, resolve_dtype, train
+
+
+def run(name: str, config: GPTConfig, cfg: TrainConfig, data, peak_gflops: float) -> dict:
+    torch.manual_seed(cfg.seed)
+    model = GPT(config)
+    start = time.perf_counter()
+    train(model, data, cfg)
+    wall = time.perf_counter() - start
+    block = cfg.block_size or config.block_size
+    dtype = resolve_dtype(cfg.dtype, torch.device("cpu"))
+    val = evaluate(model, data, batch_size=64, block_size=block, iters=200, dtype=dtype, seed=12345)
+    tokens = cfg.batch_size * block * cfg.grad_accum * cfg.max_iters
+    return {
+        "run": name, "params": model.num_parameters(), "layers x width": f"{config.n_layer}x{config.n_embd}",
+        "context": block, "batch": cfg.batch_size, "iters": cfg.max_iters, "dtype": str(dtype).split(".")[-1],
+        "wall_s": wall, "tokens_per_s": tokens / wall, "val_loss": val["val_loss"],
+        "mfu": flops_per_token(model, block) * tokens / wall / 1e9 / peak_gflops,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--budget", type=float, default=300.0, help="wall seconds for the preset row")
+    ap.add_argument("--iters-per-s", type=float, default=None,
+                    help="preset steps per second, to size the schedule to the budget (default: measured)")
+    ap.add_argument("--only", choices=["nanogpt-cpu", "preset"])
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    peak = measure_matmul_peak()
+    print(f"threads {torch.get_num_threads()}; matmul peak fp32 {peak['fp32']:.0f} GFLOP/s, "
+          f"bf16 {peak['bf16']:.0f} GFLOP/s")
+    data = load_dataset("shakespeare", "char")
+    rows = []
+    if args.only in (None, "nanogpt-cpu"):
+        config = GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
+        cfg = TrainConfig(batch_size=12, max_iters=2000, lr_decay_iters=2000, learning_rate=1e-3, min_lr=1e-4,
+                          warmup_iters=100, beta2=0.99, eval_interval=2000, eval_iters=20, log_interval=100,
+                          device="cpu", dtype="float32", progress=False)
+        rows.append(run("nanogpt-cpu", config, cfg, data, peak["fp32"]))
+        print(rows[-1])
+    if args.only in (None, "preset"):
+        recipe = {k: v for k, v in TRAIN_PRESETS["shakespeare-char"].items() if k not in ("data", "tokenizer")}
+        config = GPTConfig.preset("shakespeare-char")
+        probe = TrainConfig(**{**recipe, "max_iters": 20, "eval_interval": 1000, "progress": False, "device": "cpu"})
+        rate = args.iters_per_s
+        if rate is None:  # measure the step rate to fit the schedule into the budget
+            t0 = time.perf_counter()
+            train(GPT(config), data, probe)
+            rate = 20 / (time.perf_counter() - t0)
+        iters = int(rate * args.budget * 0.93)  # leave room for evaluations
+        cfg = TrainConfig(**{**recipe, "max_iters": iters, "lr_decay_iters": iters, "eval_interval": iters,
+                             "progress": False, "device": "cpu"})
+        dtype_peak = peak["bf16"] if resolve_dtype(cfg.dtype, torch.device("cpu")) == torch.bfloat16 else peak["fp32"]
+        rows.append(run("preset", config, cfg, data, dtype_peak))
+        print(rows[-1])
+    head = list(rows[0])
+    print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for r in rows:
+        print("| " + " | ".join(f"{v:,.3f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
+                                for v in r.values()) + " |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"threads": args.threads, "peak_gflops": peak, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
