@@ -36,7 +36,8 @@ lab: setup
 	$(VENV)/bin/jupyter lab chapters/
 
 bench: setup
-	$(PY) -m mini_gpt.cli bench
+	$(VENV)/bin/mini-gpt bench --json benchmarks/results/model.json
+	$(PY) benchmarks/bench_train.py --json benchmarks/results/train.json
 
 clean:
 	rm -rf _build .pytest_cache
