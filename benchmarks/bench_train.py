@@ -72,13 +72,13 @@ def main() -> None:
     if args.only in (None, "preset"):
         recipe = {k: v for k, v in TRAIN_PRESETS["shakespeare-char"].items() if k not in ("data", "tokenizer")}
         config = GPTConfig.preset("shakespeare-char")
-        probe = TrainConfig(**{**recipe, "max_iters": 20, "eval_interval": 1000, "progress": False, "device": "cpu"})
+        probe = TrainConfig(**{**recipe, "max_iters": 40, "log_interval": 10, "eval_interval": 1000,
+                               "eval_iters": 1, "progress": False, "device": "cpu"})
         rate = args.iters_per_s
-        if rate is None:  # measure the step rate to fit the schedule into the budget
-            t0 = time.perf_counter()
-            train(GPT(config), data, probe)
-            rate = 20 / (time.perf_counter() - t0)
-        iters = int(rate * args.budget * 0.93)  # leave room for evaluations
+        if rate is None:  # measure the step rate (after warm-up) to fit the schedule into the budget
+            history = train(GPT(config), data, probe).history
+            rate = history[-2]["tokens_per_s"] / (probe.batch_size * (probe.block_size or config.block_size))
+        iters = int(rate * args.budget * 0.97)  # leave room for the evaluations
         cfg = TrainConfig(**{**recipe, "max_iters": iters, "lr_decay_iters": iters, "eval_interval": iters,
                              "progress": False, "device": "cpu"})
         dtype_peak = peak["bf16"] if resolve_dtype(cfg.dtype, torch.device("cpu")) == torch.bfloat16 else peak["fp32"]
