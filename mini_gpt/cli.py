@@ -12,7 +12,7 @@ from . import files
 # shakespeare-char is sized for a 2-core CPU: see the time-to-loss table of `mini-gpt bench`.
 TRAIN_PRESETS: dict[str, dict] = {
     "shakespeare-char": dict(
-        data="shakespeare", tokenizer="char", batch_size=32, max_iters=3000, learning_rate=2e-3,
+        data="shakespeare", tokenizer="char", batch_size=32, max_iters=2000, learning_rate=2e-3,
         warmup_iters=100, eval_interval=250, eval_iters=20, weight_decay=0.1, beta2=0.99,
     ),
     "gpt2": dict(
@@ -177,39 +177,102 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    import torch
-
     from .checkpoint import CheckpointError, load_model
-    from .generate import stream
     from .train import resolve_device
 
     try:
         device = resolve_device(args.device)
         model, tokenizer = load_model(args.ckpt, device)
-        ids = tokenizer.encode(args.prompt)
-        if not ids:
-            raise ValueError("--prompt must not be empty")
     except (CheckpointError, ValueError) as exc:
         print(f"mini-gpt sample: error: {exc}", file=sys.stderr)
         return 2
-    idx = torch.tensor([ids], dtype=torch.long, device=device)
-    print(args.prompt, end="", flush=True)
-    pending: list[int] = []
-    for tok in stream(model, idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                      top_p=args.top_p, do_sample=not args.greedy, seed=args.seed):
-        pending.append(int(tok[0]))
-        piece = tokenizer.decode(pending)
-        if "\ufffd" not in piece:  # wait until a multi-byte character is complete
-            print(piece, end="", flush=True)
-            pending = []
-    print(tokenizer.decode(pending) if pending else "")
+    if device.type == "cpu" and args.num_beams == 1:
+        from .generate import decode_layout
+
+        decode_layout(model)  # weights laid out for fast one-sequence decoding on a CPU (same tokens)
+    options = dict(
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty, num_beams=args.num_beams, seed=args.seed,
+        # beam search is deterministic: --num-beams implies --greedy
+        do_sample=not args.greedy and args.num_beams == 1,
+    )
+    if args.interactive:
+        return _sample_interactive(model, tokenizer, options, args)
+    try:
+        ids = tokenizer.encode(args.prompt)
+        if not ids:
+            raise ValueError("--prompt must not be empty")
+        _sample_one(model, tokenizer, args.prompt, ids, options, args)
+    except ValueError as exc:
+        print(f"mini-gpt sample: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C: stop quietly, with the conventional exit code
+        print()
+        return 130
+    print()
     return 0
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import main as bench_main
+def _sample_one(model, tokenizer, text: str, ids: list[int], options: dict, args: argparse.Namespace) -> None:
+    """Print the top --show-probs next tokens (if asked), then the prompt and its continuation as it comes."""
+    from .generate import next_token_logits, stream
 
-    return bench_main(args.bench_args)
+    tokens = stream(model, [ids], args.max_new_tokens, **options)  # bad options raise here, before printing
+    if args.show_probs:
+        probs = next_token_logits(model, [ids])[0].softmax(-1)  # (V,): the model's own, temperature 1
+        top = probs.topk(min(args.show_probs, probs.numel()))
+        print(f"next-token probabilities after {text[-40:]!r}:")
+        for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+            print(f"  {p:7.4f}  {tokenizer.decode([i])!r}")
+    print(text, end="", flush=True)
+    for piece in _text_pieces((int(tok[0]) for tok in tokens), tokenizer):
+        print(piece, end="", flush=True)
+
+
+def _text_pieces(ids, tokenizer):
+    """Decode token ids incrementally: yield each new piece of text as soon as it is whole.
+
+    A character can span several byte-level tokens (UTF-8 uses up to 4 bytes); an incomplete one
+    decodes to U+FFFD at the end, so it is held back until the rest arrives (or cannot: 4 tokens).
+    """
+    pending: list[int] = []
+    for i in ids:
+        pending.append(i)
+        piece = tokenizer.decode(pending)
+        if piece.endswith("\ufffd") and len(pending) < 4:
+            continue
+        yield piece
+        pending = []
+    if pending:
+        yield tokenizer.decode(pending)
+
+
+def _sample_interactive(model, tokenizer, options: dict, args: argparse.Namespace) -> int:
+    """A prompt loop: each line typed is continued (a fresh prompt each time); :q, EOF or Ctrl-D quit."""
+    prompt = "> " if sys.stdin.isatty() else ""
+    print("type a prompt and press Enter; Ctrl-C stops a continuation; :q or Ctrl-D quits", file=sys.stderr)
+    while True:
+        try:
+            print(prompt, end="", flush=True)
+            line = sys.stdin.readline()
+        except KeyboardInterrupt:
+            print()
+            return 0
+        if not line or line.strip() == ":q":  # "" is end of input (Ctrl-D)
+            if not line:
+                print()
+            return 0
+        text = line.rstrip("\r\n")
+        if not text:
+            continue
+        try:
+            _sample_one(model, tokenizer, text, tokenizer.encode(text), options, args)
+        except ValueError as exc:  # e.g. a character the tokenizer does not know
+            print(f"error: {exc}", file=sys.stderr)
+            continue
+        except KeyboardInterrupt:
+            pass  # stop this continuation, back to the prompt
+        print(flush=True)
 
 
 def _cmd_files(args: argparse.Namespace) -> int:
@@ -276,17 +339,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ckpt", required=True, help="a checkpoint folder or a training --out folder")
     s.add_argument("--prompt", default="\n")
     s.add_argument("--max-new-tokens", type=_positive_int, default=500)
-    s.add_argument("--temperature", type=_float_in(0.0, float("inf"), lo_open=True), default=0.8)
-    s.add_argument("--top-k", type=_positive_int)
-    s.add_argument("--top-p", type=_float_in(0.0, 1.0, lo_open=True, hi_open=False))
+    s.add_argument("--temperature", type=_float_in(0.0, float("inf"), lo_open=True), default=0.8,
+                   help="< 1 sharper, > 1 flatter (sampling only)")
+    s.add_argument("--top-k", type=_positive_int, help="sample from the K most likely tokens")
+    s.add_argument("--top-p", type=_float_in(0.0, 1.0, lo_open=True, hi_open=False),
+                   help="sample from the smallest set of tokens whose probability reaches P")
+    s.add_argument("--min-p", type=_float_in(0.0, 1.0),
+                   help="sample from tokens at least P times as likely as the most likely one")
+    s.add_argument("--repetition-penalty", type=_float_in(0.0, float("inf"), lo_open=True), default=1.0,
+                   help="> 1 makes tokens already in the text less likely (1 = off)")
+    s.add_argument("--num-beams", type=_positive_int, default=1,
+                   help="beam search with N beams (deterministic; the text comes at the end)")
     s.add_argument("--greedy", action="store_true", help="always take the most likely token")
-    s.add_argument("--seed", type=_non_negative_int)
+    s.add_argument("--seed", type=_non_negative_int, help="same seed, same text")
+    s.add_argument("--interactive", action="store_true",
+                   help="read prompts from stdin, one per line, and continue each (:q or Ctrl-D quits)")
+    s.add_argument("--show-probs", type=_positive_int, metavar="K",
+                   help="first print the K most likely next tokens after the prompt, with their probabilities")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=_cmd_sample)
 
-    b = sub.add_parser("bench", help="side-by-side speed benchmarks, printed as a table")
-    b.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed on (see mini-gpt bench -- --help)")
-    b.set_defaults(func=_cmd_bench)
+    # listed here for --help; `main` hands its arguments to mini_gpt.bench (see `mini-gpt bench --help`)
+    sub.add_parser("bench", help="side-by-side training-step speed (fp32/bf16, explicit/fused attention) as a table")
 
     f = sub.add_parser("files", help="find or download the course's data files and check their sha256")
     f.set_defaults(func=_cmd_files)
@@ -294,6 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 
