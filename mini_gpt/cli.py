@@ -74,7 +74,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .config import GPTConfig
     from .data import load_dataset
     from .model import GPT
-    from .train import TrainConfig, seed_everything, setup_distributed, resolve_device, train
+    from .train import TrainConfig, resolve_device, seed_everything, setup_distributed, train
 
     recipe = dict(TRAIN_PRESETS.get(args.preset, TRAIN_PRESETS["gpt2"]))
     data_source = args.data or recipe["data"]
