@@ -280,9 +280,7 @@ def shakespeare_model(*, progress: bool = True) -> GPT:
         with open(out_dir / ".lock", "w") as lock:  # two notebooks starting at once train it once
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                if not _finished(out_dir):
-                    if progress:
-                        print("Training the course's Shakespeare model once; later chapters load it from the cache.")
+                if not _finished(out_dir):  # silent apart from the progress bar: a chapter's outputs stay the same
                     train_shakespeare_model(out_dir, progress=progress)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
@@ -1205,3 +1203,1390 @@ def check_param_count(fn: Callable[[GPTConfig], int]) -> None:
             msg += f".\n  Probably: {hint}"
         raise _fail(fn, msg)
     return _passed(fn, f"matches num_parameters() on {len(configs)} configs")
+
+
+# ---- chapter 08 checks
+# RoPE: rotation frequencies, rotating the pairs of a head, and scores that depend only on distance.
+
+__all__ += ["check_rope_frequencies", "check_rotate_pairs", "check_relative_scores"]
+
+
+def _library_frequencies(head_dim: int, base: float) -> torch.Tensor:
+    """theta_i as mini_gpt.rope uses them, read off its tables: the angle of pair i at position 1."""
+    from .rope import RotaryEmbedding
+
+    rope = RotaryEmbedding(head_dim, max_len=2, base=base)
+    half = head_dim // 2
+    # every theta_i <= 1 radian, so atan2 gives back the angle itself
+    return torch.atan2(rope.sin_cached[1, :half], rope.cos_cached[1, :half]).double()
+
+
+def check_rope_frequencies(fn: Callable[[int, float], torch.Tensor]) -> None:
+    """fn(head_dim, base) -> (head_dim // 2,) rotation frequencies theta_i = base ** (-2i / head_dim),
+    fastest first. Compared with the angles that `mini_gpt.rope.RotaryEmbedding` turns pair i by
+    per position."""
+    _require_callable(fn, "check_rope_frequencies")
+    cases = ((8, 10000.0), (16, 10000.0), (32, 500.0), (64, 1e6), (2, 10000.0))
+    for d, base in cases:
+        where = f"head_dim={d}, base={base:g}"
+        out = _call(fn, (d, base), where)
+        if out is None:
+            return _not_answered(fn)
+        out = _as_tensor(fn, out, where).detach()
+        if not out.is_floating_point():
+            raise _fail(fn, f"returned dtype {out.dtype} on {where}; the frequencies are fractions: "
+                            f"compute them in floating point (e.g. torch.arange(...).float())")
+        expected = _library_frequencies(d, base)
+        if out.dim() != 1 or out.numel() != d // 2:
+            hint = ("one frequency per *pair* of dimensions: head_dim // 2 values, i = 0 .. head_dim/2 - 1"
+                    if out.numel() == d else f"return a 1-D tensor of head_dim // 2 = {d // 2} values")
+            raise _fail(fn, f"on {where} the result has shape {tuple(out.shape)}; {hint}")
+        if torch.allclose(out.double(), expected, rtol=1e-4, atol=1e-12):
+            continue
+        i = torch.arange(d // 2, dtype=torch.float64)
+        variants = [
+            ("the exponent lacks the 2: theta_i = base ** (-2 * i / head_dim), with i counting pairs",
+             lambda: base ** (-i / d)),
+            ("the exponent is positive: the frequencies must shrink, theta_i = base ** (-2i / head_dim)",
+             lambda: base ** (2 * i / d)),
+            ("these are wavelengths (2 pi / theta_i, in positions), not frequencies",
+             lambda: 2 * math.pi * base ** (2 * i / d)),
+            ("the order is reversed: theta_0 = 1 (the fastest pair) comes first", lambda: (base ** (-2 * i / d)).flip(0)),
+            ("i starts at 1; it starts at 0, so the first pair turns by exactly 1 radian per position",
+             lambda: base ** (-2 * (i + 1) / d)),
+            ("the exponent is divided by head_dim / 2 as well as multiplied by 2: use 2i / head_dim",
+             lambda: base ** (-4 * i / d)),
+        ]
+        hint = None
+        for explanation, make in variants:
+            if torch.allclose(out.double(), make(), rtol=1e-4, atol=1e-12):
+                hint = explanation
+                break
+        rel = float(((out.double() - expected).abs() / expected).max())
+        more = " ..." if d > 8 else ""
+        msg = (f"on {where} expected {[round(v, 6) for v in expected.tolist()[:4]]}{more}, got "
+               f"{[round(v, 6) for v in out.double().tolist()[:4]]}{more} (largest relative difference "
+               f"{rel:.3g}, allowed 1e-4)")
+        if hint:
+            msg += f".\n  Probably: {hint}"
+        raise _fail(fn, msg)
+    return _passed(fn, f"matches mini_gpt.rope's frequencies for {len(cases)} (head_dim, base) pairs")
+
+
+def _rope_variant(x: torch.Tensor, offset: int, *, pairing: str = "half", sign: float = 1.0, start: int = 0,
+                  exponent: float = 2.0, base: float = 10000.0) -> torch.Tensor:
+    """A (possibly wrong) rotary embedding of x (..., T, d), in float64, for diagnosing answers."""
+    d, T = x.shape[-1], x.shape[-2]
+    theta = base ** (-exponent * torch.arange(d // 2, dtype=torch.float64) / d)  # (d/2,)
+    pos = torch.arange(T, dtype=torch.float64) + offset + start  # (T,)
+    angle = pos[:, None] * theta  # (T, d/2)
+    cos, sin = angle.cos(), sign * angle.sin()
+    x = x.double()
+    if pairing == "half":
+        a, b = x[..., : d // 2], x[..., d // 2 :]
+        return torch.cat((a * cos - b * sin, a * sin + b * cos), dim=-1)
+    a, b = x[..., 0::2], x[..., 1::2]  # interleaved: neighbours (2j, 2j+1)
+    return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
+
+
+def check_rotate_pairs(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
+    """fn(x, offset) -> x rotated as RoPE rotates queries and keys: x has shape (B, H, T, head_dim),
+    position t of the sequence is offset + t, base 10000, and dimension j is paired with
+    j + head_dim/2 (mini_gpt's and Llama's "rotate half" layout). Compared with
+    `mini_gpt.rope.RotaryEmbedding(head_dim, ...)(x, x, offset)`."""
+    from .rope import RotaryEmbedding
+
+    _require_callable(fn, "check_rotate_pairs")
+    g = _random_generator(8)
+    cases = (((1, 1, 5, 8), 0), ((2, 3, 7, 16), 3), ((1, 2, 4, 32), 100), ((2, 1, 1, 4), 9))
+    atol = 1e-4
+    for shape, offset in cases:
+        x = torch.randn(shape, generator=g)
+        where = f"x of shape {shape}, offset={offset}"
+        out = _call(fn, (x.clone(), offset), where)
+        if out is None:
+            return _not_answered(fn)
+        out = _as_tensor(fn, out, where).detach()
+        rope = RotaryEmbedding(shape[-1], max_len=shape[-2] + offset)
+        expected, _ = rope(x, x, offset=offset)
+        if _close(out, expected, atol=atol):
+            continue
+        variants = [
+            ("x comes back unrotated", lambda: x),
+            ("the pairs are neighbours (2j, 2j+1), the paper's interleaved layout; mini_gpt pairs dimension "
+             "j with j + head_dim/2 (x1, x2 = x.chunk(2, dim=-1))", lambda: _rope_variant(x, offset, pairing="pairs")),
+            ("the rotation turns the wrong way: a pair (a, b) becomes (a cos - b sin, a sin + b cos)",
+             lambda: _rope_variant(x, offset, sign=-1.0)),
+            ("the offset is ignored: position t of x is offset + t", lambda: _rope_variant(x, 0)),
+            ("the positions start at 1: the first token of x sits at position offset, not offset + 1",
+             lambda: _rope_variant(x, offset, start=1)),
+            ("the frequencies lack the 2: theta_i = 10000 ** (-2i / head_dim)",
+             lambda: _rope_variant(x, offset, exponent=1.0)),
+        ]
+        raise _mismatch(fn, out, expected, where, "mini_gpt.rope.RotaryEmbedding", _diagnose(out, variants, atol),
+                        atol)
+    return _passed(fn, f"matches mini_gpt.rope.RotaryEmbedding on {len(cases)} shapes and offsets")
+
+
+def check_relative_scores(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    """fn(q, k, distances) -> (N,) scores: for a query q and a key k (both (head_dim,) vectors) and
+    every distance in `distances` (N,), the dot product of q and k after RoPE, when the query sits
+    that many positions *after* the key. No 1/sqrt(head_dim) scaling.
+
+    Compared with `mini_gpt.rope.RotaryEmbedding` rotating q at position 7 + distance and k at
+    position 7 (where the pair starts does not matter: that is the point)."""
+    from .rope import RotaryEmbedding
+
+    _require_callable(fn, "check_relative_scores")
+    g = _random_generator(9)
+    cases = ((8, [0, 1, 2, 3, 10]), (16, [5, 0, 40, 1, 200]), (64, [0, 1, 7, 64, 150]))
+    atol = 2e-3
+    shift = 7
+    for d, dist in cases:
+        q, k = torch.randn(2, d, generator=g)
+        distances = torch.tensor(dist)
+        where = f"head_dim={d}, distances={dist}"
+        out = _call(fn, (q.clone(), k.clone(), distances.clone()), where)
+        if out is None:
+            return _not_answered(fn)
+        out = _as_tensor(fn, out, where).detach()
+        rope = RotaryEmbedding(d, max_len=shift + max(dist) + 1)
+        expected = []
+        for delta in dist:
+            rq, _ = rope(q.view(1, 1, 1, d), q.view(1, 1, 1, d), offset=shift + delta)  # the query, later
+            _, rk = rope(k.view(1, 1, 1, d), k.view(1, 1, 1, d), offset=shift)  # the key
+            expected.append((rq * rk).sum())
+        expected = torch.stack(expected)
+        if out.shape != expected.shape and out.numel() == expected.numel():
+            raise _fail(fn, f"on {where} the result has shape {tuple(out.shape)}; return one score per "
+                            f"distance, shape ({len(dist)},)")
+        if _close(out, expected, atol=atol):
+            continue
+        qq, kk = q[None, None, None], k[None, None, None]  # (1, 1, 1, d)
+
+        def rotated(x, deltas, **kw):
+            return torch.cat([_rope_variant(x, int(t), **kw) for t in deltas], dim=-2)[0, 0]  # (N, d)
+
+        variants = [
+            ("the scores do not change with distance: rotate q by the distance before the dot product",
+             lambda: (q @ k).expand(len(dist))),
+            ("the sign of the distance is flipped: the query comes *after* the key, so rotate q forward by "
+             "the distance (or k backward), not k forward", lambda: rotated(kk, dist) @ q.double()),
+            ("the scores are divided by sqrt(head_dim); return the plain dot product",
+             lambda: rotated(qq, dist) @ k.double() / math.sqrt(d)),
+            ("the pairs are neighbours (2j, 2j+1); mini_gpt pairs dimension j with j + head_dim/2",
+             lambda: rotated(qq, dist, pairing="pairs") @ k.double()),
+        ]
+        raise _mismatch(fn, out, expected, where, "RoPE scores from mini_gpt.rope.RotaryEmbedding",
+                        _diagnose(out, variants, atol), atol)
+    return _passed(fn, f"matches mini_gpt.rope's scores for {sum(len(d) for _, d in cases)} distances "
+                       f"(3 head sizes)")
+
+
+# ---- chapter 06 checks: sampling (filters on a batch of next-token logits)
+
+__all__ += ["check_top_k_filter", "check_top_p_filter", "check_repetition_penalty", "check_sampling_probs"]
+
+_NEG_INF = float("-inf")
+
+
+def _logits_cases(seed: int, shapes: Iterable[tuple[int, int]], scale: float = 2.0) -> list[torch.Tensor]:
+    g = _random_generator(seed)
+    return [torch.randn(shape, generator=g) * scale for shape in shapes]
+
+
+def _filtered(fn: Callable, args: tuple, where: str, shape: tuple[int, ...]) -> torch.Tensor | None:
+    """The reader's filtered logits, checked for shape; None when the exercise is not answered yet."""
+    out = _call(fn, args, where)
+    if out is None:
+        return None
+    out = _as_tensor(fn, out, where).detach()
+    if out.shape != shape and out.dim() == 2 and out.shape[0] == shape[0] and out.shape[1] < shape[1]:
+        raise _fail(fn, f"on {where} the result has shape {tuple(out.shape)}: these are only the kept tokens; "
+                        f"return all {shape[1]} logits of each row, with the ruled-out ones set to -inf")
+    return out
+
+
+def _filter_mismatch(fn: Callable, out: torch.Tensor, expected: torch.Tensor, where: str, reference: str,
+                     hint: str | None, atol: float) -> AssertionError:
+    """Like _mismatch, but says how many tokens each row keeps (-inf compared with -inf is not a number)."""
+    if out.shape == expected.shape:
+        V = out.shape[-1]
+        out_cut, exp_cut = torch.isneginf(out), torch.isneginf(expected)
+        differs = (out_cut != exp_cut).any(-1)
+        if bool(differs.any()):
+            r = int(differs.nonzero()[0, 0])
+            got, want = V - int(out_cut[r].sum()), V - int(exp_cut[r].sum())
+            same = " (the same number, but not the same tokens)" if got == want else ""
+            msg = (f"on {where}, row {r} keeps {got} of its {V} tokens (logits above -inf); {reference} "
+                   f"keeps {want}{same}")
+            if hint:
+                msg += f".\n  Probably: {hint}"
+            return _fail(fn, msg)
+        if not bool(out.isfinite().eq(expected.isfinite()).all()):
+            return _fail(fn, f"on {where} the result holds inf or nan where {reference} does not"
+                         + (f".\n  Probably: {hint}" if hint else ""))
+        out, expected = out.masked_fill(out_cut, 0.0), expected.masked_fill(exp_cut, 0.0)
+    return _mismatch(fn, out, expected, where, reference, hint, atol)
+
+
+def check_top_k_filter(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
+    """fn(logits (B, V), k) -> the logits with all but the k largest of each row set to -inf.
+
+    Compared with `mini_gpt.generate.top_k_filter` on batches whose rows differ.
+    """
+    from .generate import top_k_filter
+
+    _require_callable(fn, "check_top_k_filter")
+    a, b, c = _logits_cases(61, [(2, 8), (3, 65), (2, 65)])
+    c[0, :20] = _NEG_INF  # a row an earlier filter already cut
+    b[1] += 5.0  # rows on different scales: each needs its own threshold
+    cases = [(a, 3), (b, 1), (c, 10), (a, 8)]
+    for logits, k in cases:
+        where = f"logits of shape {tuple(logits.shape)}, k={k}"
+        out = _filtered(fn, (logits.clone(), k), where, tuple(logits.shape))
+        if out is None:
+            return _not_answered(fn)
+        expected = top_k_filter(logits, k)
+        if _close(out, expected, atol=1e-6):
+            continue
+
+        def keep_top(n, x=logits):
+            kth = torch.topk(x, n, dim=-1).values[..., -1:]
+            return x.masked_fill(x < kth, _NEG_INF)
+
+        kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+        variants = [
+            ("nothing is ruled out: set every logit below the k-th largest of its row to -inf", lambda: logits),
+            ("one token too few: logits <= kth also drops the k-th largest; drop only the logits strictly "
+             "below it (logits < kth)", lambda: logits.masked_fill(logits <= kth, _NEG_INF)),
+            ("one token too many: keep the k largest (torch.topk(logits, k)), not k + 1", lambda: keep_top(k + 1)),
+            ("the ruled-out tokens are set to 0, which still has a probability; set them to -inf",
+             lambda: logits.masked_fill(logits < kth, 0.0)),
+            ("the ruled-out tokens are set to a large negative number; use -inf (float('-inf')), so their "
+             "probability is exactly 0", lambda: logits.masked_fill(logits < kth, -1e9)),
+            ("this keeps the k smallest logits; keep the k largest",
+             lambda: logits.masked_fill(logits > torch.topk(logits, k, dim=-1, largest=False).values[..., -1:],
+                                        _NEG_INF)),
+            ("these are probabilities (softmax); return the filtered logits", lambda: expected.softmax(-1)),
+            ("one threshold for the whole batch: each row needs its own k-th largest "
+             "(torch.topk(logits, k, dim=-1).values[..., -1:])",
+             lambda: logits.masked_fill(logits < torch.topk(logits.flatten(), k).values[-1], _NEG_INF)),
+        ]
+        raise _filter_mismatch(fn, out, expected, where, "top_k_filter", _diagnose(out, variants, 1e-6), 1e-6)
+    return _passed(fn, f"matches mini_gpt.generate.top_k_filter on {len(cases)} batches")
+
+
+def _top_p_variant(logits: torch.Tensor, p: float, *, drop: str = "before", order: str = "desc",
+                   on: str = "probs", scatter: bool = True) -> torch.Tensor:
+    """Nucleus filtering with one deliberate mistake (or none), for diagnosing answers."""
+    sorted_logits, index = torch.sort(logits, descending=order == "desc", dim=-1)
+    probs = sorted_logits.softmax(-1) if on == "probs" else sorted_logits
+    cum = probs.cumsum(-1)
+    mask = cum - probs >= p if drop == "before" else cum >= p
+    if scatter:
+        mask = mask.scatter(-1, index, mask)
+    return logits.masked_fill(mask, _NEG_INF)
+
+
+def check_top_p_filter(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
+    """fn(logits (B, V), p) -> the logits with every token outside each row's nucleus set to -inf.
+
+    The nucleus is the smallest set of most likely tokens whose probabilities add up to at least p.
+    Compared with `mini_gpt.generate.top_p_filter` on batches whose rows keep different numbers of tokens.
+    """
+    from .generate import top_p_filter
+
+    _require_callable(fn, "check_top_p_filter")
+    # row 0: probabilities 0.5, 0.2, 0.15, ... shuffled; row 1 flatter; both out of order
+    worked = torch.tensor([[0.05, 0.5, 0.1, 0.2, 0.15], [0.15, 0.3, 0.1, 0.25, 0.2]]).log() + 2.0
+    a, b = _logits_cases(62, [(3, 65), (2, 65)])
+    cases = [(worked, 0.6), (worked, 0.8), (a, 0.9), (b * 0.3 + 3.0, 0.5)]
+    for logits, p in cases:
+        where = f"logits of shape {tuple(logits.shape)}, p={p}"
+        if logits is worked:
+            rows = [[round(x, 2) for x in row] for row in logits.softmax(-1).tolist()]
+            where = f"logits whose probabilities are {rows}, p={p}"
+        out = _filtered(fn, (logits.clone(), p), where, tuple(logits.shape))
+        if out is None:
+            return _not_answered(fn)
+        expected = top_p_filter(logits, p)
+        if _close(out, expected, atol=1e-6):
+            continue
+        probs = logits.softmax(-1)
+        variants = [
+            ("nothing is ruled out: set the logits of the tokens outside the nucleus to -inf", lambda: logits),
+            ("the token that makes the mass reach p is dropped; it belongs to the nucleus. Drop a token only "
+             "when the tokens before it already reach p (cumsum - prob >= p)",
+             lambda: _top_p_variant(logits, p, drop="after")),
+            ("the mask is still in sorted order; put it back in vocabulary order (scatter it with the "
+             "indices the sort returned)", lambda: _top_p_variant(logits, p, scatter=False)),
+            ("the tokens are sorted from least to most likely; sort in descending order",
+             lambda: _top_p_variant(logits, p, order="asc")),
+            ("the cumulative sum adds up logits; turn them into probabilities (softmax) first",
+             lambda: _top_p_variant(logits, p, on="logits")),
+            ("this keeps the tokens whose own probability is at least p; the nucleus is the smallest set "
+             "of most likely tokens whose probabilities add up to p", lambda: logits.masked_fill(probs < p, _NEG_INF)),
+            ("the ruled-out tokens are set to 0, which still has a probability; set them to -inf",
+             lambda: logits.masked_fill(torch.isneginf(expected), 0.0)),
+            ("these are probabilities (softmax); return the filtered logits", lambda: expected.softmax(-1)),
+        ]
+        raise _filter_mismatch(fn, out, expected, where, "top_p_filter", _diagnose(out, variants, 1e-6), 1e-6)
+    return _passed(fn, f"matches mini_gpt.generate.top_p_filter on {len(cases)} batches")
+
+
+def check_repetition_penalty(fn: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]) -> None:
+    """fn(logits (B, V), seen bool (B, V), penalty) -> the logits after CTRL's repetition penalty:
+    for the tokens already seen, positive logits divided by the penalty, negative ones multiplied.
+
+    Compared with `mini_gpt.generate.apply_repetition_penalty`, with penalties above and below 1.
+    """
+    from .generate import apply_repetition_penalty
+
+    _require_callable(fn, "check_repetition_penalty")
+    g = _random_generator(63)
+    cases = []
+    for (B, V), penalty in (((2, 10), 1.5), ((3, 65), 1.2), ((2, 12), 0.7)):
+        logits = torch.randn(B, V, generator=g) * 2
+        seen = torch.rand(B, V, generator=g) < 0.4
+        cases.append((logits, seen, penalty))
+    for logits, seen, penalty in cases:
+        where = f"logits of shape {tuple(logits.shape)}, penalty={penalty}"
+        out = _filtered(fn, (logits.clone(), seen.clone(), penalty), where, tuple(logits.shape))
+        if out is None:
+            return _not_answered(fn)
+        expected = apply_repetition_penalty(logits, seen, penalty)
+        if _close(out, expected, atol=1e-6):
+            continue
+        penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
+        variants = [
+            ("nothing changed: penalise the logits of the tokens where seen is True", lambda: logits),
+            ("every seen logit is divided by the penalty, but dividing a negative logit by a penalty > 1 "
+             "moves it up, towards 0: multiply the negative ones by the penalty",
+             lambda: torch.where(seen, logits / penalty, logits)),
+            ("multiplying and dividing are swapped: divide the positive logits by the penalty, multiply the "
+             "negative ones", lambda: torch.where(seen, torch.where(logits < 0, logits / penalty, logits * penalty),
+                                                  logits)),
+            ("the tokens that were not seen are penalised; penalise those where seen is True",
+             lambda: torch.where(seen, logits, penalised)),
+            ("every token is penalised; only those already seen should be", lambda: penalised),
+            ("the penalty is subtracted; CTRL's penalty divides positive logits and multiplies negative ones",
+             lambda: torch.where(seen, logits - penalty, logits)),
+        ]
+        raise _filter_mismatch(fn, out, expected, where, "apply_repetition_penalty", _diagnose(out, variants, 1e-6), 1e-6)
+    return _passed(fn, f"matches mini_gpt.generate.apply_repetition_penalty on {len(cases)} batches "
+                       f"(penalties above and below 1)")
+
+
+def _sampling_probs(logits, temperature, top_k, top_p, *, order="kp", temp="first", use_k=True, use_p=True,
+                    probs=True):
+    """What `generate` samples from, with one deliberate mistake (or none)."""
+    from .generate import top_k_filter, top_p_filter
+
+    x = logits / temperature if temp == "first" else logits * temperature if temp == "times" else logits
+    steps = [("k", top_k), ("p", top_p)] if order == "kp" else [("p", top_p), ("k", top_k)]
+    for name, value in steps:
+        if value is None or (name == "k" and not use_k) or (name == "p" and not use_p):
+            continue
+        x = top_k_filter(x, value) if name == "k" else top_p_filter(x, value)
+    if temp == "last":
+        x = x / temperature
+    return x.softmax(-1) if probs else x
+
+
+def check_sampling_probs(fn: Callable[[torch.Tensor, float, int | None, float | None], torch.Tensor]) -> None:
+    """fn(logits (B, V), temperature, top_k, top_p) -> the probabilities (B, V) that `generate`
+    samples the next token from (0 for the ruled-out tokens); top_k and top_p may be None (off).
+
+    `generate` divides by the temperature first, then applies top-k, then top-p, then softmax.
+    """
+    _require_callable(fn, "check_sampling_probs")
+    a, b = _logits_cases(64, [(2, 65), (3, 65)])
+    cases = [(a, 1.0, None, None), (a, 0.5, None, None), (b, 0.7, None, 0.9), (a, 1.5, 10, None),
+             (b, 0.8, 20, 0.7)]
+    atol = 1e-6
+    for logits, temperature, top_k, top_p in cases:
+        where = f"logits of shape {tuple(logits.shape)}, temperature={temperature}, top_k={top_k}, top_p={top_p}"
+        out = _filtered(fn, (logits.clone(), temperature, top_k, top_p), where, tuple(logits.shape))
+        if out is None:
+            return _not_answered(fn)
+        expected = _sampling_probs(logits, temperature, top_k, top_p)
+        if _close(out, expected, atol=atol):
+            continue
+        args = (logits, temperature, top_k, top_p)
+        kept = expected > 0
+        variants = [
+            ("these are logits; return probabilities (the softmax of the filtered logits, each row sums to 1)",
+             lambda: _sampling_probs(*args, probs=False)),
+            ("the logits are multiplied by the temperature; divide them by it (a temperature below 1 sharpens)",
+             lambda: _sampling_probs(*args, temp="times")),
+            ("the temperature is not applied: divide the logits by it", lambda: _sampling_probs(*args, temp="none")),
+            ("the probabilities are divided by the temperature; divide the logits by it, before the softmax",
+             lambda: logits.softmax(-1) / temperature),
+            ("the temperature comes after the filters; divide by it first, so that top-p measures the "
+             "distribution you sample from (the nucleus depends on the temperature)",
+             lambda: _sampling_probs(*args, temp="last")),
+            ("top-p is applied before top-k; generate (like transformers) applies top-k first, then top-p to "
+             "the tokens that are left", lambda: _sampling_probs(*args, order="pk")),
+            ("top_k is not applied", lambda: _sampling_probs(*args, use_k=False)),
+            ("top_p is not applied", lambda: _sampling_probs(*args, use_p=False)),
+            ("the kept probabilities are not renormalised: take the softmax after filtering (the ruled-out "
+             "tokens' logits are -inf), so each row sums to 1",
+             lambda: (logits / temperature).softmax(-1) * kept),
+        ]
+        raise _filter_mismatch(fn, out, expected, where, "what generate samples from", _diagnose(out, variants, atol), atol)
+    return _passed(fn, f"matches what generate samples from in {len(cases)} settings")
+
+
+# ---- chapter 07 checks
+# LoRA: the forward pass of an adapted layer, counting what trains, and merging the update into W.
+
+__all__ += ["check_lora_forward", "check_lora_param_count", "check_merge"]
+
+
+_TARGET_WORDS = {
+    "attn": "attention's c_attn and c_proj only",
+    "mlp": "the MLP's c_fc and c_proj only",
+    "all": "attention's c_attn and c_proj and the MLP's c_fc and c_proj",
+}
+
+
+def _keeps_rng(check: Callable) -> Callable:
+    """Run a check without touching the global random state: building layers (and the reader's
+    own nn.Linear) draws random numbers, and a notebook's later cells must not depend on a check."""
+
+    @functools.wraps(check)
+    def wrapper(fn):
+        with torch.random.fork_rng(devices=[]):
+            return check(fn)
+
+    return wrapper
+
+
+def _lora_cases(seed: int) -> list[tuple[str, torch.Tensor, Any, torch.Tensor, torch.Tensor, float]]:
+    """(where, x, base nn.Linear, A (r, in), B (out, r), alpha), with B != 0 so the update shows.
+
+    The square layer comes first: there a transposed update still has the right shape, so the
+    mistake can be named instead of ending in a shape error. alpha / r differs from alpha, r / alpha
+    and 1 in every case, so each wrong scale is told apart."""
+    from torch import nn
+
+    g = _random_generator(seed)
+    cases = []
+    for n_in, n_out, r, alpha in ((16, 16, 2, 6.0), (12, 20, 4, 8.0), (10, 6, 3, 1.5)):
+        base = nn.Linear(n_in, n_out)
+        with torch.no_grad():
+            base.weight.copy_(0.3 * torch.randn(n_out, n_in, generator=g))
+            base.bias.copy_(0.3 * torch.randn(n_out, generator=g))
+        base.requires_grad_(False)
+        A = 0.3 * torch.randn(r, n_in, generator=g)
+        B = 0.3 * torch.randn(n_out, r, generator=g)
+        x = torch.randn(2, 5, n_in, generator=g)
+        where = f"x of shape {tuple(x.shape)}, nn.Linear({n_in}, {n_out}), rank {r}, alpha {alpha:g}"
+        cases.append((where, x, base, A, B, alpha))
+    return cases
+
+
+def _library_lora_layer(base, A: torch.Tensor, B: torch.Tensor, alpha: float):
+    """mini_gpt's LoRALinear around a copy of `base`, holding exactly A and B."""
+    import copy
+
+    from .lora import LoRALinear
+
+    layer = LoRALinear(copy.deepcopy(base), rank=A.shape[0], alpha=alpha)
+    with torch.no_grad():
+        layer.lora_A.copy_(A)
+        layer.lora_B.copy_(B)
+    return layer.eval()
+
+
+@_keeps_rng
+def check_lora_forward(fn: Callable[..., torch.Tensor]) -> None:
+    """fn(x (..., in), base, A (r, in), B (out, r), alpha) -> (..., out): a LoRA layer's output
+    W x + b + (alpha / r) B A x, where `base` is the frozen nn.Linear (weight W, bias b) and
+    r = A.shape[0]. Compared with `mini_gpt.lora.LoRALinear` holding the same A and B."""
+    _require_callable(fn, "check_lora_forward")
+    atol = 1e-5
+    for where, x, base, A, B, alpha in _lora_cases(70):
+        r = A.shape[0]
+        with torch.no_grad():
+            out = _call(fn, (x.clone(), base, A.clone(), B.clone(), alpha), where)
+            if out is None:
+                return _not_answered(fn)
+            out = _as_tensor(fn, out, where).detach()
+            expected = _library_lora_layer(base, A, B, alpha)(x)
+            if _close(out, expected, atol=atol):
+                continue
+            W, b = base.weight, base.bias
+            frozen = x @ W.T + b  # (..., out)
+            update = x @ A.T @ B.T  # (..., out): B A x, not yet scaled
+            variants = [
+                (f"the update is scaled by alpha; LoRA scales it by alpha / r (here {alpha:g} / {r})",
+                 lambda: frozen + alpha * update),
+                (f"the update is scaled by r / alpha; the scale is alpha / r (here {alpha:g} / {r})",
+                 lambda: frozen + (r / alpha) * update),
+                (f"the update is not scaled: multiply B A x by alpha / r (here {alpha:g} / {r})",
+                 lambda: frozen + update),
+                ("only the frozen layer: the low-rank update (alpha / r) B A x is missing",
+                 lambda: frozen),
+                ("the frozen path W x + b is missing: the layer adds the update to base(x)",
+                 lambda: (alpha / r) * update),
+                ("the bias of the frozen layer is missing: base(x) = x @ W.T + b",
+                 lambda: x @ W.T + (alpha / r) * update),
+                ("the update is subtracted: y = W x + b + (alpha / r) B A x",
+                 lambda: frozen - (alpha / r) * update),
+                ("the update is transposed: B A is (out, in) like W, so apply it as x @ (B @ A).T = x @ A.T @ B.T",
+                 lambda: frozen + (alpha / r) * (x @ (B @ A))),
+            ]
+            raise _mismatch(fn, out, expected, where, "mini_gpt.lora.LoRALinear", _diagnose(out, variants, atol), atol)
+    return _passed(fn, "matches mini_gpt.lora.LoRALinear on 3 layers (ranks 2 to 4)")
+
+
+def _lora_shapes(config: GPTConfig, targets: str) -> list[tuple[str, int, int]]:
+    """(name, in, out) of the Linear layers add_lora adapts in one block, for a shortcut target."""
+    C = config.n_embd
+    attn = [("attn.c_attn", C, 3 * C), ("attn.c_proj", C, C)]
+    mlp = [("mlp.c_fc", C, 4 * C), ("mlp.c_proj", 4 * C, C)]
+    return {"attn": attn, "mlp": mlp, "all": attn + mlp}[targets]
+
+
+def _meta_lora_count(config: GPTConfig, rank: int, targets: str) -> tuple[int, int]:
+    """(trainable, all) parameters of add_lora(GPT(config), rank, targets=targets), on the meta device."""
+    from .lora import add_lora, trainable_parameters
+
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        return trainable_parameters(add_lora(GPT(config), rank=rank, alpha=2 * rank, targets=targets))
+
+
+@_keeps_rng
+def check_lora_param_count(fn: Callable[[GPTConfig, int, str], int]) -> None:
+    """fn(config, rank, targets) -> how many parameters train after
+    `add_lora(GPT(config), rank, targets=targets)`, for targets "attn", "mlp" or "all".
+
+    Compared with `mini_gpt.lora.trainable_parameters` (on models built on the meta device) for
+    several sizes, ranks and targets, GPT-2 small included.
+    """
+    _require_callable(fn, "check_lora_param_count")
+    small = GPTConfig(vocab_size=100, block_size=32, n_layer=3, n_head=2, n_embd=48)
+    cases = [
+        ("the 'shakespeare-char' preset", GPTConfig.preset("shakespeare-char"), 8, "attn"),
+        ("GPTConfig(vocab_size=100, block_size=32, n_layer=3, n_head=2, n_embd=48)", small, 4, "mlp"),
+        ("the same GPTConfig with bias=False", small.replace(bias=False), 2, "all"),
+        ("the 'gpt2' preset", GPTConfig.preset("gpt2"), 8, "all"),
+        ("the 'gpt2' preset", GPTConfig.preset("gpt2"), 16, "attn"),
+    ]
+    for name, config, rank, targets in cases:
+        where = f"{name}, rank={rank}, targets={targets!r}"
+        out = _call(fn, (config, rank, targets), where)
+        if out is None:
+            return _not_answered(fn)
+        if isinstance(out, torch.Tensor) and out.numel() == 1:
+            out = out.item()
+        if isinstance(out, float) and out.is_integer():
+            out = int(out)
+        if isinstance(out, bool) or not isinstance(out, int):
+            raise _fail(fn, f"returned {out!r} for {where}; return an int")
+        expected, total = _meta_lora_count(config, rank, targets)
+        if out == expected:
+            continue
+        L, C, r = config.n_layer, config.n_embd, rank
+        shapes = _lora_shapes(config, targets)
+
+        def per_block(shape_list, size=lambda i, o: r * (i + o)):
+            return sum(size(i, o) for _, i, o in shape_list)
+
+        def widened(factor_name: str, wrong_out: int):
+            return [(n, i, wrong_out if n == factor_name else o) for n, i, o in shapes]
+
+        known = [
+            (L * per_block(shapes, lambda i, o: i * o),
+             "this counts the full matrices (in x out each); LoRA trains A (r x in) and B (out x r): r (in + out)"),
+            (L * per_block(shapes, lambda i, o: r * i * o),
+             "r x in x out is the cost of a full matrix times r; A and B together hold r (in + out) numbers"),
+            (L * per_block(shapes, lambda i, o: r * i), "only A (r x in) is counted: B (out x r) trains too"),
+            (L * per_block(shapes, lambda i, o: r * o), "only B (out x r) is counted: A (r x in) trains too"),
+            (per_block(shapes), f"this is one block's count: each of the n_layer = {L} blocks has its own adapters"),
+            (total, "this is every parameter of the model; the base is frozen and only the adapters train"),
+            (total - expected, "this counts the frozen base model; only the adapters (A and B) train"),
+        ]
+        if targets in ("attn", "all"):
+            known.append((L * per_block(widened("attn.c_attn", C)),
+                          "c_attn makes q, k and v at once: it maps n_embd to 3 n_embd, so its B is (3 n_embd x r)"))
+        if targets in ("mlp", "all"):
+            narrow = [(n, C if n == "mlp.c_proj" else i, C if n == "mlp.c_fc" else o) for n, i, o in shapes]
+            known.append((L * per_block(narrow),
+                          "the MLP is 4x wider: c_fc maps n_embd to 4 n_embd and c_proj maps 4 n_embd back"))
+        for other in ("attn", "mlp", "all"):
+            if other != targets:
+                known.append((L * per_block(_lora_shapes(config, other)),
+                              f"this is the count for targets={other!r}; targets={targets!r} adapts "
+                              f"{_TARGET_WORDS[targets]}"))
+        hints = list(dict.fromkeys(h for value, h in known if value == out))  # two mistakes can give one count
+        msg = f"for {where} you count {out:,} trainable parameters, add_lora leaves {expected:,}"
+        if len(hints) == 1:
+            msg += f".\n  Probably: {hints[0]}"
+        elif hints:
+            msg += ".\n  Probably one of these:" + "".join(f"\n  - {h}" for h in hints)
+        raise _fail(fn, msg)
+    return _passed(fn, f"matches trainable_parameters() after add_lora in {len(cases)} settings")
+
+
+@_keeps_rng
+def check_merge(fn: Callable[[Any], Any]) -> None:
+    """fn(layer) -> a plain nn.Linear computing what `layer` computes, where `layer` is a
+    `mini_gpt.lora.LoRALinear` (`layer.base` the frozen nn.Linear, `layer.lora_A`, `layer.lora_B`,
+    `layer.alpha`, `layer.rank`). Its weight must be W + (alpha / r) B A, its bias the base's bias.
+
+    The merged layer's outputs are compared with `layer(x)` (computed before fn runs), on three
+    layers; `layer` itself must be left as it was.
+    """
+    from torch import nn
+
+    from .lora import LoRALinear
+
+    _require_callable(fn, "check_merge")
+    atol = 1e-5
+    for where, x, base, A, B, alpha in _lora_cases(71):
+        layer = _library_lora_layer(base, A, B, alpha)
+        r = A.shape[0]
+        W, b = base.weight.detach().clone(), base.bias.detach().clone()
+        with torch.no_grad():
+            expected = layer(x)
+        out = _call(fn, (layer,), where)
+        if out is None:
+            return _not_answered(fn)
+        if isinstance(out, LoRALinear):
+            raise _fail(fn, f"returned a LoRALinear on {where}; merging gives one plain nn.Linear whose weight "
+                            f"is W + (alpha / r) B A, so no extra work is left per token")
+        if isinstance(out, torch.Tensor):
+            raise _fail(fn, f"returned a tensor of shape {tuple(out.shape)} on {where}; return an nn.Linear "
+                            f"(nn.Linear(layer.in_features, layer.out_features)) holding the merged weight and the bias")
+        if not isinstance(out, nn.Linear):
+            raise _fail(fn, f"returned {type(out).__name__} on {where}; return an nn.Linear")
+        if not (torch.equal(layer.base.weight, W) and torch.equal(layer.base.bias, b)):
+            raise _fail(fn, f"changed layer.base's weight or bias in place on {where}: the LoRA layer now adds "
+                            f"its update twice. Build a new nn.Linear (or work on a copy) and leave the layer as it is")
+        with torch.no_grad():
+            got = out(x)
+            if _close(got, expected, atol=atol):
+                continue
+            w = out.weight.detach()
+            delta = B @ A  # (out, in)
+            weight_variants = [
+                (f"the update is scaled by alpha; the merged weight is W + (alpha / r) B A (here {alpha:g} / {r})",
+                 W + alpha * delta),
+                (f"the update is scaled by r / alpha; the merged weight is W + (alpha / r) B A (here {alpha:g} / {r})",
+                 W + (r / alpha) * delta),
+                (f"the update is not scaled: the merged weight is W + (alpha / r) B A (here {alpha:g} / {r})",
+                 W + delta),
+                ("the weight is W alone: add the update (alpha / r) B A to it", W),
+                ("the weight is the update alone: the merged weight is W + (alpha / r) B A", (alpha / r) * delta),
+                ("the update is subtracted: the merged weight is W + (alpha / r) B A", W - (alpha / r) * delta),
+                ("the update is transposed: B A (out x in) already has the shape of nn.Linear's weight",
+                 W + (alpha / r) * delta.T),
+            ]
+            hint = None
+            if w.shape == W.shape:
+                hint = next((h for h, wrong in weight_variants if _close(w, wrong, atol=atol)), None)
+                if hint is None and _close(w, W + (alpha / r) * delta, atol=atol):
+                    if out.bias is None:
+                        hint = "the merged layer has no bias: copy layer.base.bias into it"
+                    elif not _close(out.bias.detach(), b, atol=atol):
+                        hint = ("the weight is right but the bias is not the base's: a new nn.Linear starts with "
+                                "a random bias, so copy layer.base.bias into it")
+            raise _mismatch(fn, got, expected, where, "layer(x)", hint, atol)
+    return _passed(fn, "computes what the LoRA layer computes, as one plain nn.Linear, on 3 layers")
+
+
+# ---- chapter 09 checks
+# Checkpointing: crash-safe writes (tried with simulated crashes), saving and restoring a training
+# state without pickle, and activation checkpointing (measured by the bytes autograd keeps).
+
+__all__ += ["SimulatedCrash", "simulate_crashes", "check_atomic_write", "check_training_state",
+            "check_checkpointed_forward"]
+
+
+class SimulatedCrash(BaseException):
+    """Stands for the process dying in the middle of a save (kill -9, out of memory, a power cut).
+
+    A BaseException, like KeyboardInterrupt, so that `except Exception` in the code under test
+    cannot swallow it."""
+
+
+class _IOLog:
+    """The file-system operations of one save, and the crash that stops it at operation `crash_at`.
+
+    The model of a crash: the operation where it happens does not take place, except a write, half
+    of whose bytes reach the file; after it nothing more reaches the disk (no clean-up in `except`
+    or `finally`). Durability is tracked on the side: which files were fsync'ed after their last
+    write (and after a flush), and which folders were fsync'ed, in what order with the renames.
+    """
+
+    def __init__(self, root: Path, crash_at: int | None = None, disk_full: bool = False) -> None:
+        self.root = root
+        self.crash_at = crash_at
+        self.crashed = False
+        self.disk_full = disk_full  # the first write gets half of its bytes out, then fails with ENOSPC
+        self.ops: list[str] = []
+        self.events: list[tuple] = []  # ("rename", src, dst, durable, fsync_before_flush) / ("fsync-dir", path)
+        self.fd_paths: dict[int, Path] = {}
+        self.raw_fds: set[int] = set()
+        self.files: list[_LoggedFile] = []
+        self.dirty: set[Path] = set()  # changed since their last effective fsync
+        self.fsync_before_flush: set[Path] = set()
+        self.opened_for_writing: list[Path] = []
+
+    def name(self, path: Path | None) -> str:
+        if path is None:
+            return "a file"
+        if path == self.root:
+            return "the folder"
+        try:
+            return str(path.relative_to(self.root))
+        except ValueError:
+            return f"{path} (outside the folder)"
+
+    def step(self, description: str) -> bool:
+        """Count one operation; True when the crash happens here (then the caller does not do it)."""
+        if self.crashed:
+            raise SimulatedCrash("the process is no longer running")
+        self.ops.append(description)
+        if len(self.ops) - 1 == self.crash_at:
+            self.crashed = True
+            return True
+        return False
+
+    def buffered(self, path: Path) -> bool:
+        return any(f.path == path and f.pending for f in self.files)
+
+    def write_fails(self) -> bool:
+        """True once, at the first write, when the disk is full."""
+        full, self.disk_full = self.disk_full, False
+        return full
+
+    def close_all(self, real_close: Callable[[int], None]) -> None:
+        for f in self.files:
+            with contextlib.suppress(Exception):
+                f._real.close()
+        for fd in self.raw_fds:
+            with contextlib.suppress(OSError):
+                real_close(fd)
+        self.raw_fds.clear()
+
+
+def _disk_full_error() -> OSError:
+    import errno
+
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+class _LoggedFile:
+    """A file opened for writing while a save is logged. Bytes go to the OS at once (so a crash
+    keeps what was written); `pending` counts those not yet flushed, as Python would still hold
+    them in its buffer: an fsync before the flush would not cover them."""
+
+    def __init__(self, log: _IOLog, real: Any, path: Path | None, binary: bool) -> None:
+        self._log, self._real, self.path, self._binary = log, real, path, binary
+        self.pending = 0
+
+    def write(self, data):
+        n = len(data)
+        unit = "bytes" if self._binary else "characters"
+        if self._log.step(f"write {n:,} {unit} to {self._log.name(self.path)}"):
+            self._write_all(data[: n // 2])
+            raise SimulatedCrash("crashed in the middle of a write")
+        if self._log.write_fails():
+            self._write_all(data[: n // 2])
+            raise _disk_full_error()
+        self._write_all(data)
+        self.pending += n
+        if self.path is not None:
+            self._log.dirty.add(self.path)
+        return n
+
+    def _write_all(self, data) -> None:
+        if self._binary:
+            view = memoryview(data).cast("B")
+            while view:
+                view = view[self._real.write(view):]
+        else:
+            self._real.write(data)
+            self._real.flush()
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if self._log.crashed:
+            raise SimulatedCrash("the process is no longer running")
+        self.pending = 0
+
+    def close(self) -> None:
+        self.pending = 0
+        self._real.close()
+
+    def fileno(self) -> int:
+        return self._real.fileno()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self._real, name)
+
+
+@contextlib.contextmanager
+def _logged_io(log: _IOLog, fn_globals: dict | None = None):
+    """Route open/os.open/os.write/os.fsync/os.replace/os.rename/deletes through `log`; also the
+    `open` in `fn_globals` when it has its own (IPython puts a wrapper of io.open in the notebook's)."""
+    import builtins
+    import io
+    from unittest import mock
+
+    real_open, real_os_open, real_write = io.open, os.open, os.write
+    real_fsync, real_replace, real_rename = os.fsync, os.replace, os.rename
+    real_unlink, real_rmdir, real_close = os.unlink, os.rmdir, os.close
+
+    def path_of(file, dir_fd=None) -> Path | None:
+        if isinstance(file, int):
+            return log.fd_paths.get(file)
+        if dir_fd is not None:
+            base = log.fd_paths.get(dir_fd)
+            return None if base is None else Path(os.path.normpath(base / os.fsdecode(file)))
+        return Path(os.path.abspath(os.fsdecode(os.fspath(file))))
+
+    def fake_open(file, mode="r", buffering=-1, encoding=None, errors=None, newline=None, closefd=True,
+                  opener=None):
+        if log.crashed:
+            raise SimulatedCrash("the process is no longer running")
+        if not any(c in mode for c in "wax+"):
+            return real_open(file, mode, buffering, encoding, errors, newline, closefd, opener)
+        binary = "b" in mode
+        if opener is not None:  # e.g. tempfile: the opener's os.open is the step, and says which file
+            real = real_open(file, mode, 0 if binary else buffering, encoding, errors, newline, closefd, opener)
+            path = log.fd_paths.get(real.fileno())
+        else:
+            path = path_of(file)
+            empties = "w" in mode and not isinstance(file, int) and path is not None and path.exists()
+            what = "create" if "x" in mode else "open"
+            if log.step(f"{what} {log.name(path)} for writing" + (" (this empties it)" if empties else "")):
+                raise SimulatedCrash("crashed while opening a file")
+            real = real_open(file, mode, 0 if binary else buffering, encoding, errors, newline, closefd, opener)
+        wrapped = _LoggedFile(log, real, path, binary)
+        log.files.append(wrapped)
+        if path is not None:
+            log.fd_paths[real.fileno()] = path
+            log.opened_for_writing.append(path)
+            if "w" in mode or "x" in mode:
+                log.dirty.add(path)
+        return wrapped
+
+    def fake_os_open(path, flags, mode=0o777, *, dir_fd=None):
+        if log.crashed:
+            raise SimulatedCrash("the process is no longer running")
+        p = path_of(path, dir_fd)
+        writing = flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+        if writing:
+            what = "create" if flags & os.O_CREAT and p is not None and not p.exists() else "open"
+            if log.step(f"{what} {log.name(p)} for writing"):
+                raise SimulatedCrash("crashed while opening a file")
+        fd = real_os_open(path, flags, mode, dir_fd=dir_fd)
+        log.raw_fds.add(fd)
+        if p is not None:
+            log.fd_paths[fd] = p
+            if writing:
+                log.opened_for_writing.append(p)
+                log.dirty.add(p)
+        return fd
+
+    def fake_write(fd, data):
+        p = log.fd_paths.get(fd)
+        if log.step(f"write {len(data):,} bytes to {log.name(p)}"):
+            real_write(fd, bytes(data)[: len(data) // 2])
+            raise SimulatedCrash("crashed in the middle of a write")
+        if log.write_fails():
+            real_write(fd, bytes(data)[: len(data) // 2])
+            raise _disk_full_error()
+        n = real_write(fd, data)
+        if p is not None:
+            log.dirty.add(p)
+        return n
+
+    def fake_fsync(fd):
+        if not isinstance(fd, int):
+            fd = fd.fileno()
+        p = log.fd_paths.get(fd)
+        if log.step(f"fsync {log.name(p)}"):
+            raise SimulatedCrash("crashed before an fsync")
+        real_fsync(fd)
+        if p is None:
+            return
+        if p.is_dir():
+            log.events.append(("fsync-dir", p))
+        elif log.buffered(p):
+            log.fsync_before_flush.add(p)
+        else:
+            log.dirty.discard(p)
+
+    def renamer(real, verb):
+        def fake(src, dst, *, src_dir_fd=None, dst_dir_fd=None):
+            s, d = path_of(src, src_dir_fd), path_of(dst, dst_dir_fd)
+            over = "over" if d is not None and d.exists() else "to"
+            if log.step(f"{verb} {log.name(s)} {over} {log.name(d)}"):
+                raise SimulatedCrash("crashed before a rename")
+            durable = s is not None and s not in log.dirty and not log.buffered(s)
+            log.events.append(("rename", s, d, durable, s in log.fsync_before_flush))
+            real(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+            if s is not None and d is not None:
+                for f in log.files:
+                    if f.path == s:
+                        f.path = d
+                for fd, p in list(log.fd_paths.items()):
+                    if p == s:
+                        log.fd_paths[fd] = d
+                if s in log.dirty:
+                    log.dirty.discard(s)
+                    log.dirty.add(d)
+        return fake
+
+    def deleter(real, what):
+        def fake(path, *, dir_fd=None):
+            p = path_of(path, dir_fd)
+            if log.step(f"delete {what}{log.name(p)}"):
+                raise SimulatedCrash("crashed before a delete")
+            return real(path, dir_fd=dir_fd)
+        return fake
+
+    def fake_close(fd):
+        log.raw_fds.discard(fd)
+        return real_close(fd)
+
+    patches = [
+        mock.patch.object(builtins, "open", fake_open),
+        mock.patch.object(io, "open", fake_open),
+        mock.patch.object(os, "open", fake_os_open),
+        mock.patch.object(os, "write", fake_write),
+        mock.patch.object(os, "fsync", fake_fsync),
+        mock.patch.object(os, "replace", renamer(real_replace, "rename")),
+        mock.patch.object(os, "rename", renamer(real_rename, "rename")),
+        mock.patch.object(os, "unlink", deleter(real_unlink, "")),
+        mock.patch.object(os, "remove", deleter(real_unlink, "")),
+        mock.patch.object(os, "rmdir", deleter(real_rmdir, "the folder ")),
+        mock.patch.object(os, "close", fake_close),
+    ]
+    if isinstance(fn_globals, dict) and "open" in fn_globals:
+        patches.append(mock.patch.dict(fn_globals, {"open": fake_open}))
+    with contextlib.ExitStack() as stack:
+        for p in patches:
+            stack.enter_context(p)
+        try:
+            yield log
+        finally:
+            stack.close()
+            log.close_all(real_close)
+
+
+def _file_outcome(path: Path, old: bytes | None, new: bytes) -> str:
+    """What a restarted program finds at `path`: 'the old file', 'the new file', 'no file' or 'a broken file: ...'."""
+    if not path.exists():
+        return "no file"
+    data = path.read_bytes()
+    if data == new:
+        return "the new file"
+    if old is not None and data == old:
+        return "the old file"
+    if not data:
+        return "a broken file: it is empty"
+    if new.startswith(data):
+        return f"a broken file: the first {len(data):,} of the {len(new):,} new bytes"
+    return f"a broken file: {len(data):,} bytes that are neither the old file nor the new one"
+
+
+def _logged_save(save: Callable, old: bytes | None, new: bytes, name: str, crash_at: int | None,
+                 disk_full: bool = False):
+    """Run save(path, new) over a fresh file holding `old` (or no file) in an empty folder;
+    -> (log, outcome, error, the names of the other files left in the folder)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="mini-gpt-crash-") as tmp:
+        root = Path(tmp).resolve()
+        path = root / name
+        if old is not None:
+            path.write_bytes(old)
+        log = _IOLog(root, crash_at, disk_full)
+        error = None
+        with _logged_io(log, getattr(save, "__globals__", None)):
+            try:
+                save(path, new)
+            except SimulatedCrash:
+                pass
+            except Exception as exc:  # after a crash, what the function does is moot: the process is gone
+                if not log.crashed:
+                    error = exc
+        leftovers = sorted(p.name for p in root.iterdir() if p.name != name)
+        return log, _file_outcome(path, old, new), error, leftovers
+
+
+def simulate_crashes(save: Callable[[Path, bytes], Any], old: bytes | None, new: bytes,
+                     name: str = "model.safetensors") -> list[tuple[str, str]]:
+    """Crash `save(path, new)` at each of its file-system operations in turn, over a file holding `old`.
+
+    The save runs once without a crash, to list its operations (opening a file for writing, each
+    write, fsync, rename, delete), then once per operation with a crash at that operation: the
+    operation does not happen (a write gets half of its bytes out) and nothing after it does.
+    Returns [(operation, what a restart finds at path)], the outcome being "the old file", "the new
+    file", "no file" or "a broken file: ...", and last ("no crash", outcome).
+    """
+    if not callable(save):
+        raise TypeError(f"save must be a function save(path, data), got {type(save).__name__}")
+    if not isinstance(new, (bytes, bytearray)) or (old is not None and not isinstance(old, (bytes, bytearray))):
+        raise TypeError("old and new must be bytes (old may be None: no file yet)")
+    log, outcome, error, _ = _logged_save(save, old, new, name, None)
+    if error is not None:
+        raise error
+    rows = []
+    for k in range(len(log.ops)):
+        crash_log, crash_outcome, _, _ = _logged_save(save, old, new, name, k)
+        rows.append((crash_log.ops[k] if k < len(crash_log.ops) else log.ops[k], crash_outcome))
+    rows.append(("no crash", outcome))
+    return rows
+
+
+def _crash_payloads() -> tuple[bytes, bytes]:
+    from safetensors.torch import save as to_safetensors
+
+    g = _random_generator(9)
+    old = to_safetensors({"w": torch.randn(8, 8, generator=g)})
+    new = to_safetensors({"w": torch.randn(8, 16, generator=g)})
+    return old, new
+
+
+def _nothing_written(fn: Callable) -> None:
+    print(f"\u270e {_name(fn)} wrote nothing: write its body, then run this cell again.")
+
+
+_IN_PLACE = ("it writes over the old file in place: opening it for writing empties it at once, and a crash "
+             "before the last byte leaves a broken file. Write a temporary file in the same folder, then "
+             "os.replace it over the old one")
+
+
+def check_atomic_write(fn: Callable[[Path, bytes], Any]) -> None:
+    """fn(path, data) writes the bytes `data` to `path` crash-safely: a crash at any moment leaves
+    either the old file whole or the new one, once fn returns the new file survives a power cut, and
+    a write that fails (a full disk) leaves the old file and no temporary file, and raises.
+
+    Runs fn over an old file and where there is none yet, crashing it at each of its file-system
+    operations in turn (`simulate_crashes`), checks the order of its fsyncs and rename, then runs it
+    on a disk that fills up half-way through the first write.
+    """
+    _require_callable(fn, "check_atomic_write")
+    old, new = _crash_payloads()
+    name = "model.safetensors"
+    for scenario, before in (("over an old file", old), ("where there was no file yet", None)):
+        log, outcome, error, _ = _logged_save(fn, before, new, name, None)
+        if error is not None:
+            raise _fail(fn, f"raised {type(error).__name__}: {error}\n  (writing {len(new):,} bytes to {name} "
+                            f"{scenario})") from error
+        if not log.ops and outcome != "the new file":
+            return _nothing_written(fn)
+        if outcome != "the new file":
+            raise _fail(fn, f"after it returned (no crash), {name} holds {outcome}, not the {len(new):,} new bytes "
+                            f"({scenario})")
+        allowed = ("the old file", "the new file") if before is not None else ("no file", "the new file")
+        target = log.root / name
+        for k in range(len(log.ops)):
+            crash_log, crash_outcome, _, _ = _logged_save(fn, before, new, name, k)
+            if crash_outcome in allowed:
+                continue
+            op = crash_log.ops[k] if k < len(crash_log.ops) else log.ops[k]
+            if target in log.opened_for_writing:
+                hint = _IN_PLACE
+            elif crash_outcome == "no file" and any(o.startswith(f"delete {name}") for o in log.ops):
+                hint = ("the old file is deleted before the new one takes its name; os.replace(tmp, path) swaps "
+                        "them in one step, with no delete needed")
+            else:
+                hint = "the new file must be complete before it takes the name: write it all, then rename it"
+            raise _fail(fn, f"{scenario}: a crash at step {k + 1} of {len(log.ops)} ({op}) leaves {crash_outcome}."
+                            f"\n  Probably: {hint}")
+        renames = [i for i, e in enumerate(log.events) if e[0] == "rename" and e[2] == target]
+        if not renames:
+            hint = _IN_PLACE if target in log.opened_for_writing else "write a temp file, then os.replace(tmp, path)"
+            raise _fail(fn, f"{name} gets its new bytes without a rename of a finished temporary file onto it "
+                            f"({scenario}).\n  Probably: {hint}")
+        i = renames[-1]
+        _, src, _, durable, fsync_before_flush = log.events[i]
+        if src is None or src.parent != target.parent:
+            raise _fail(fn, f"the temporary file ({log.name(src)}) is not in the target's folder: a rename is atomic "
+                            f"only within one file system (across two, os.replace fails or copies). Create it next "
+                            f"to the target, e.g. path.with_name(path.name + '.tmp')")
+        if not durable:
+            if fsync_before_flush:
+                hint = ("os.fsync ran while the bytes were still in Python's buffer: call f.flush() first, then "
+                        "os.fsync(f.fileno())")
+            else:
+                hint = ("the temporary file is not fsync'ed before the rename: after a power cut the rename can "
+                        "reach the disk before the data, leaving an empty or partial file under the real name. "
+                        "Call f.flush() and os.fsync(f.fileno()) before os.replace")
+            raise _fail(fn, f"the new file is not durable when it is renamed ({scenario}).\n  Probably: {hint}")
+        if not any(e[0] == "fsync-dir" and e[1] == target.parent for e in log.events[i + 1:]):
+            raise _fail(fn, "the folder is not fsync'ed after the rename: the rename is a change to the folder, and a "
+                            "power cut can undo it. After os.replace: fd = os.open(folder, os.O_RDONLY); "
+                            "os.fsync(fd); os.close(fd)")
+    steps = len(log.ops)
+    _, outcome, error, leftovers = _logged_save(fn, old, new, name, None, disk_full=True)
+    full = "when the disk fills up (the first write raises OSError: No space left on device)"
+    if error is None:
+        raise _fail(fn, f"{full}, it returns as if the save worked: let the error reach the caller (re-raise it), "
+                        f"so that training stops or retries instead of going on without a checkpoint")
+    chain = [error]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    if not any(isinstance(e, OSError) for e in chain):
+        raise _fail(fn, f"{full}, it raises {type(error).__name__}: {error}; let the OSError through") from error
+    if outcome != "the old file":
+        raise _fail(fn, f"{full}, {name} holds {outcome}: a failed save must leave the old file as it was")
+    if leftovers:
+        raise _fail(fn, f"{full}, it leaves {', '.join(leftovers)} behind in the folder: remove the temporary "
+                        f"file before the error goes on (try: ... except BaseException: tmp.unlink(missing_ok=True); "
+                        f"raise)")
+    return _passed(fn, f"leaves the old or the new file after a crash at any of its {steps} steps, fsyncs the "
+                       f"file before the rename and the folder after, and cleans up after a full disk")
+
+
+# -- saving and restoring a training state
+
+
+def _state_model(seed: int) -> torch.nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torch.nn.Sequential(torch.nn.Linear(6, 32), torch.nn.GELU(), torch.nn.Dropout(0.3),
+                                   torch.nn.Linear(32, 3))
+
+
+def _state_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+
+
+def _state_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, start: int, n: int) -> list[float]:
+    """n training steps from step `start`: the learning rate warms up by step, batch `step` depends
+    only on step (the data stream's position), dropout draws from torch's global generator."""
+    model.train()
+    losses = []
+    for step in range(start, start + n):
+        for group in optimizer.param_groups:
+            group["lr"] = 1e-2 * min(1.0, (step + 1) / 10)
+        g = torch.Generator().manual_seed(100 + step)
+        x, y = torch.randn(16, 6, generator=g), torch.randn(16, 3, generator=g)
+        loss = F.mse_loss(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def _is_pickle(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"  # torch.save's zip, or a pickle stream
+
+
+def _same_optimizer_state(a: dict, b: dict) -> str | None:
+    """None when two optimizer `state` dicts hold equal tensors, else what differs."""
+    if not b:
+        return "empty"
+    if sorted(a) != sorted(b):
+        return f"it has state for parameters {sorted(b)}, the saved one for {sorted(a)}"
+    for idx in a:
+        for key, value in a[idx].items():
+            if key not in b[idx]:
+                return f"'{key}' of parameter {idx} is missing"
+            other = b[idx][key]
+            if not torch.equal(torch.as_tensor(value).float(), torch.as_tensor(other).float()):
+                return f"'{key}' of parameter {idx} differs"
+    return None
+
+
+def check_training_state(save_state: Callable, load_state: Callable) -> None:
+    """save_state(folder, model, optimizer, step) writes a training state into `folder`;
+    load_state(folder, model, optimizer) -> step restores it into a fresh model and optimizer.
+
+    A small model with dropout trains 7 steps (AdamW, a warming-up learning rate, a data stream
+    indexed by the step), is saved, and goes on for 6 steps. A fresh model and optimizer, in a
+    process whose random state has moved on, are then restored and run the same 6 steps: their
+    losses must equal the uninterrupted run's exactly. No file may be a pickle.
+    """
+    _require_callable(save_state, "check_training_state")
+    _require_callable(load_state, "check_training_state")
+    import copy
+    import tempfile
+
+    saved_at, more = 7, 6
+    with tempfile.TemporaryDirectory(prefix="mini-gpt-state-") as tmp, torch.random.fork_rng(devices=[]):
+        folder = Path(tmp) / "state"
+        folder.mkdir()
+        torch.manual_seed(0)
+        model = _state_model(0)
+        optimizer = _state_optimizer(model)
+        _state_steps(model, optimizer, 0, saved_at)
+        weights = {k: v.clone() for k, v in model.state_dict().items()}
+        moments = copy.deepcopy(optimizer.state_dict()["state"])
+        rng = torch.get_rng_state()
+        _call(save_state, (folder, model, optimizer, saved_at),
+              f"save_state(folder, model, optimizer, step={saved_at}) after {saved_at} training steps")
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        expected = _state_steps(model, optimizer, saved_at, more)
+
+        torch.manual_seed(12345)  # a new process: its random state is not the saved one
+        fresh = _state_model(1)
+        fresh_optimizer = _state_optimizer(fresh)
+        if not files:
+            try:
+                step = load_state(folder, fresh, fresh_optimizer)
+            except Exception:  # it looked for files that are not there
+                step = False
+            if step is None:
+                print(f"\u270e {_name(save_state)} and {_name(load_state)} are not written yet: write their bodies, "
+                      f"then run this cell again.")
+                return None
+            raise _fail(save_state, "wrote no file into the folder: the state must survive the process, so it goes "
+                                    "to disk")
+        step = _call(load_state, (folder, fresh, fresh_optimizer), "load_state(folder, fresh_model, fresh_optimizer)")
+        pickled = [p.relative_to(folder).as_posix() for p in files if _is_pickle(p)]
+        if pickled:
+            raise _fail(save_state, f"{', '.join(pickled)} is a pickle (torch.save or pickle.dump): loading it runs "
+                                    f"whatever code the file holds. Save tensors with safetensors.torch.save_file "
+                                    f"and the rest as JSON")
+        if step is None:
+            raise _fail(load_state, f"returned None; return the step the state was saved at ({saved_at}): the "
+                                    f"loop needs it to go on with the learning-rate schedule and the data where "
+                                    f"they stopped")
+        if isinstance(step, torch.Tensor) and step.numel() == 1:
+            step = step.item()
+        if isinstance(step, float) and step.is_integer():
+            step = int(step)
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise _fail(load_state, f"returned {step!r}; return the step as an int ({saved_at})")
+        rng_restored = torch.equal(torch.get_rng_state(), rng)
+        weights_restored = all(torch.equal(v, weights[k]) for k, v in fresh.state_dict().items())
+        optimizer_problem = _same_optimizer_state(moments, fresh_optimizer.state_dict()["state"])
+        got = _state_steps(fresh, fresh_optimizer, step, more)
+        if got == expected and step == saved_at:
+            return _passed(save_state, f"and {_name(load_state)} resume exactly: the next {more} losses equal the "
+                                       f"uninterrupted run's, and no file is a pickle")
+        if step != saved_at:
+            hint = (f"load_state returned step {step}, but the state was saved at step {saved_at}: the "
+                    f"learning rate and the batches depend on the step")
+        elif not weights_restored:
+            hint = "the weights are not restored: model.load_state_dict(...) with the saved tensors"
+        elif optimizer_problem == "empty":
+            hint = ("AdamW's state is not restored: a fresh optimizer restarts its moments (exp_avg, exp_avg_sq) "
+                    "from zero and its step count from 0. Save optimizer.state_dict()['state'] and load it with "
+                    "optimizer.load_state_dict")
+        elif optimizer_problem is not None:
+            hint = f"the optimizer's state is not the saved one: {optimizer_problem}"
+        elif not rng_restored:
+            hint = ("the random state is not restored, so dropout draws other masks: save torch.get_rng_state() "
+                    "and give it back with torch.set_rng_state (after everything else that draws random numbers)")
+        else:
+            hint = None
+        i = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), 0)
+        msg = (f"after load_state the losses differ from the uninterrupted run's, first at step {saved_at + i + 1} "
+               f"({got[i]:.6f} instead of {expected[i]:.6f})")
+        if hint:
+            msg += f".\n  Probably: {hint}"
+        raise _fail(load_state, msg)
+
+
+# -- activation checkpointing
+
+
+def _saved_activation_bytes(run: Callable[[], Any], params: Iterable[torch.Tensor] = ()) -> tuple[Any, int]:
+    """run() under a hook that sees every tensor autograd saves for the backward pass; -> (its result,
+    the bytes of the distinct storages saved, parameters left out: they are in memory anyway)."""
+    skip = {p.untyped_storage().data_ptr() for p in params}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skip:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = run()
+    return out, sum(seen.values())
+
+
+def _backward_grads(loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor | None]:
+    for p in params:
+        p.grad = None
+    loss.backward()
+    grads = [None if p.grad is None else p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    return grads
+
+
+def check_checkpointed_forward(fn: Callable[[GPT, torch.Tensor], torch.Tensor]) -> None:
+    """fn(model, idx (B, T)) -> logits (B, T, vocab_size) of a GPT in training mode, computed with
+    activation checkpointing: the logits and the gradients must equal model(idx)'s, while autograd
+    keeps at most 60% of the activations the plain forward keeps for the backward pass.
+    """
+    _require_callable(fn, "check_checkpointed_forward")
+    g = _random_generator(10)
+    atol = 1e-5
+    ratios = []
+    for seed, L in ((0, 4), (1, 6)):
+        model = small_model(seed=seed, n_layer=L, n_embd=32, n_head=4, block_size=32).train()
+        params = list(model.parameters())
+        idx = torch.randint(0, model.config.vocab_size, (4, 32), generator=g)
+        where = f"a {L}-layer GPT, idx of shape {tuple(idx.shape)}"
+        expected, plain_bytes = _saved_activation_bytes(lambda: model(idx), params)
+        weights = torch.randn(expected.shape, generator=g)
+        ref_grads = _backward_grads((expected * weights).sum(), params)
+        out, kept = _saved_activation_bytes(lambda: _call(fn, (model, idx.clone()), where), params)
+        if out is None:
+            return _not_answered(fn)
+        out = _as_tensor(fn, out, where)
+        if not _close(out.detach(), expected.detach(), atol=atol):
+            tr = model.transformer
+
+            def no_ln_f():
+                x = tr.wte(idx) + tr.wpe(torch.arange(idx.shape[1]))
+                return _through(tr, x) @ tr.wte.weight.T
+
+            variants = [
+                ("the final LayerNorm ln_f is missing", no_ln_f),
+                ("this returns the last hidden state, not the logits: apply the head (model.lm_head)",
+                 lambda: tr.ln_f(_through(tr, tr.wte(idx) + tr.wpe(torch.arange(idx.shape[1]))))),
+            ]
+            with torch.no_grad():
+                hint = _diagnose(out.detach(), variants, atol)
+            raise _mismatch(fn, out.detach(), expected.detach(), where, "model(idx)", hint, atol)
+        if not out.requires_grad:
+            raise _fail(fn, f"the logits carry no gradient on {where}: the forward ran without autograd "
+                            f"(torch.no_grad?), so training could not learn from them")
+        grads = _backward_grads((out * weights).sum(), params)  # .backward(): reentrant checkpoints refuse .grad()
+        names = [n for n, _ in model.named_parameters()]
+        missing = [name for name, got_grad in zip(names, grads) if got_grad is None]
+        if missing:
+            shown = ", ".join(missing[:2]) + (", ..." if len(missing) > 2 else "")
+            raise _fail(fn, f"no gradient reaches {len(missing)} of the {len(names)} parameters ({shown}) on {where}: "
+                            f"that part ran outside autograd (under torch.no_grad, or on a detached tensor)")
+        for name, got_grad, ref in zip(names, grads, ref_grads):
+            if not _close(got_grad, ref, atol=atol):
+                raise _fail(fn, f"the gradient of {name} differs from the plain forward's by up to "
+                                f"{_max_diff(got_grad, ref):.3g} on {where}")
+        ratios.append(kept / plain_bytes)
+        if kept > 0.6 * plain_bytes:
+            raise _fail(fn, f"on {where} autograd keeps {kept:,} bytes of activations for the backward pass, "
+                            f"{kept / plain_bytes:.0%} of the plain forward's {plain_bytes:,}: nothing is recomputed."
+                            f"\n  Probably: wrap each block (or run of blocks) in torch.utils.checkpoint.checkpoint"
+                            f"(..., use_reentrant=False), with autograd on")
+    return _passed(fn, f"gives model(idx)'s logits and gradients, keeping {max(ratios):.0%} or less of the "
+                       f"activations (2 models)")

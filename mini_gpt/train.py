@@ -359,7 +359,7 @@ def train(
                     evaluate(model, data, batch_size=cfg.batch_size, block_size=block_size, iters=cfg.eval_iters,
                              device=device, dtype=dtype, seed=cfg.seed + 1)
                 )
-                if dist.is_main:
+                if dist.is_main and cfg.progress:  # tqdm.write prints even when the bar is disabled
                     bar.write(f"step {step}: train loss {loss_sum:.4f}, val loss {record['val_loss']:.4f}")
             if record is not None:
                 history.append(record)
