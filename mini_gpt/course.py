@@ -1930,7 +1930,7 @@ class _IOLog:
         self.ops: list[str] = []
         self.events: list[tuple] = []  # ("rename", src, dst, durable, fsync_before_flush) / ("fsync-dir", path)
         self.fd_paths: dict[int, Path] = {}
-        self.raw_fds: set[int] = set()
+        self.raw_fds: dict[int, tuple[int, int]] = {}  # os.open'ed, not closed yet: fd -> (device, inode)
         self.files: list[_LoggedFile] = []
         self.dirty: set[Path] = set()  # changed since their last effective fsync
         self.fsync_before_flush: set[Path] = set()
@@ -1968,9 +1968,11 @@ class _IOLog:
         for f in self.files:
             with contextlib.suppress(Exception):
                 f._real.close()
-        for fd in self.raw_fds:
+        for fd, identity in self.raw_fds.items():
             with contextlib.suppress(OSError):
-                real_close(fd)
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) == identity:  # still ours, not a number reused since
+                    real_close(fd)
         self.raw_fds.clear()
 
 
@@ -2040,16 +2042,39 @@ class _LoggedFile:
 
 
 @contextlib.contextmanager
+def _swapped(mapping: dict, key: str, value: Any):
+    old = mapping[key]
+    mapping[key] = value
+    try:
+        yield
+    finally:
+        mapping[key] = old
+
+
+@contextlib.contextmanager
 def _logged_io(log: _IOLog, fn_globals: dict | None = None):
     """Route open/os.open/os.write/os.fsync/os.replace/os.rename/deletes through `log`; also the
     `open` in `fn_globals` when it has its own (IPython puts a wrapper of io.open in the notebook's)."""
     import builtins
     import io
+    import threading
     from unittest import mock
 
     real_open, real_os_open, real_write = io.open, os.open, os.write
     real_fsync, real_replace, real_rename = os.fsync, os.replace, os.rename
     real_unlink, real_rmdir, real_close = os.unlink, os.rmdir, os.close
+    owner = threading.get_ident()
+
+    def ours(real):
+        """Only the thread running the save is logged: others (a notebook kernel's) go straight through."""
+        def decorate(fake):
+            @functools.wraps(fake)
+            def call(*args, **kwargs):
+                if threading.get_ident() != owner:
+                    return real(*args, **kwargs)
+                return fake(*args, **kwargs)
+            return call
+        return decorate
 
     def path_of(file, dir_fd=None) -> Path | None:
         if isinstance(file, int):
@@ -2059,6 +2084,7 @@ def _logged_io(log: _IOLog, fn_globals: dict | None = None):
             return None if base is None else Path(os.path.normpath(base / os.fsdecode(file)))
         return Path(os.path.abspath(os.fsdecode(os.fspath(file))))
 
+    @ours(real_open)
     def fake_open(file, mode="r", buffering=-1, encoding=None, errors=None, newline=None, closefd=True,
                   opener=None):
         if log.crashed:
@@ -2069,6 +2095,7 @@ def _logged_io(log: _IOLog, fn_globals: dict | None = None):
         if opener is not None:  # e.g. tempfile: the opener's os.open is the step, and says which file
             real = real_open(file, mode, 0 if binary else buffering, encoding, errors, newline, closefd, opener)
             path = log.fd_paths.get(real.fileno())
+            log.raw_fds.pop(real.fileno(), None)  # the file object owns the descriptor now
         else:
             path = path_of(file)
             empties = "w" in mode and not isinstance(file, int) and path is not None and path.exists()
@@ -2076,6 +2103,8 @@ def _logged_io(log: _IOLog, fn_globals: dict | None = None):
             if log.step(f"{what} {log.name(path)} for writing" + (" (this empties it)" if empties else "")):
                 raise SimulatedCrash("crashed while opening a file")
             real = real_open(file, mode, 0 if binary else buffering, encoding, errors, newline, closefd, opener)
+            if isinstance(file, int) and closefd:
+                log.raw_fds.pop(file, None)  # the file object owns the descriptor now
         wrapped = _LoggedFile(log, real, path, binary)
         log.files.append(wrapped)
         if path is not None:
@@ -2085,6 +2114,7 @@ def _logged_io(log: _IOLog, fn_globals: dict | None = None):
                 log.dirty.add(path)
         return wrapped
 
+    @ours(real_os_open)
     def fake_os_open(path, flags, mode=0o777, *, dir_fd=None):
         if log.crashed:
             raise SimulatedCrash("the process is no longer running")
@@ -2095,7 +2125,8 @@ def _logged_io(log: _IOLog, fn_globals: dict | None = None):
             if log.step(f"{what} {log.name(p)} for writing"):
                 raise SimulatedCrash("crashed while opening a file")
         fd = real_os_open(path, flags, mode, dir_fd=dir_fd)
-        log.raw_fds.add(fd)
+        st = os.fstat(fd)
+        log.raw_fds[fd] = (st.st_dev, st.st_ino)
         if p is not None:
             log.fd_paths[fd] = p
             if writing:
@@ -2103,8 +2134,11 @@ def _logged_io(log: _IOLog, fn_globals: dict | None = None):
                 log.dirty.add(p)
         return fd
 
+    @ours(real_write)
     def fake_write(fd, data):
         p = log.fd_paths.get(fd)
+        if p is None and not log.crashed:  # a descriptor opened before the save (stdout, ...)
+            return real_write(fd, data)
         if log.step(f"write {len(data):,} bytes to {log.name(p)}"):
             real_write(fd, bytes(data)[: len(data) // 2])
             raise SimulatedCrash("crashed in the middle of a write")
@@ -2116,10 +2150,13 @@ def _logged_io(log: _IOLog, fn_globals: dict | None = None):
             log.dirty.add(p)
         return n
 
+    @ours(real_fsync)
     def fake_fsync(fd):
         if not isinstance(fd, int):
             fd = fd.fileno()
         p = log.fd_paths.get(fd)
+        if p is None and not log.crashed:
+            return real_fsync(fd)
         if log.step(f"fsync {log.name(p)}"):
             raise SimulatedCrash("crashed before an fsync")
         real_fsync(fd)
@@ -2133,6 +2170,7 @@ def _logged_io(log: _IOLog, fn_globals: dict | None = None):
             log.dirty.discard(p)
 
     def renamer(real, verb):
+        @ours(real)
         def fake(src, dst, *, src_dir_fd=None, dst_dir_fd=None):
             s, d = path_of(src, src_dir_fd), path_of(dst, dst_dir_fd)
             over = "over" if d is not None and d.exists() else "to"
@@ -2154,6 +2192,7 @@ def _logged_io(log: _IOLog, fn_globals: dict | None = None):
         return fake
 
     def deleter(real, what):
+        @ours(real)
         def fake(path, *, dir_fd=None):
             p = path_of(path, dir_fd)
             if log.step(f"delete {what}{log.name(p)}"):
@@ -2161,8 +2200,9 @@ def _logged_io(log: _IOLog, fn_globals: dict | None = None):
             return real(path, dir_fd=dir_fd)
         return fake
 
+    @ours(real_close)
     def fake_close(fd):
-        log.raw_fds.discard(fd)
+        log.raw_fds.pop(fd, None)
         return real_close(fd)
 
     patches = [
@@ -2179,7 +2219,7 @@ def _logged_io(log: _IOLog, fn_globals: dict | None = None):
         mock.patch.object(os, "close", fake_close),
     ]
     if isinstance(fn_globals, dict) and "open" in fn_globals:
-        patches.append(mock.patch.dict(fn_globals, {"open": fake_open}))
+        patches.append(_swapped(fn_globals, "open", fake_open))  # only that name: the namespace stays as it is
     with contextlib.ExitStack() as stack:
         for p in patches:
             stack.enter_context(p)
@@ -2590,3 +2630,315 @@ def check_checkpointed_forward(fn: Callable[[GPT, torch.Tensor], torch.Tensor]) 
                             f"(..., use_reentrant=False), with autograd on")
     return _passed(fn, f"gives model(idx)'s logits and gradients, keeping {max(ratios):.0%} or less of the "
                        f"activations (2 models)")
+
+
+# ---- chapter 05 checks
+# The training chapter: a picture of the loop, and checks for the learning-rate schedule,
+# gradient clipping and one AdamW update, each compared with the library or PyTorch.
+
+__all__ += ["draw_training_loop", "check_lr_schedule", "check_clip_grad_norm", "check_adamw_step"]
+
+
+def draw_training_loop(ax=None):
+    """One optimizer step as a cycle: batch -> forward -> loss -> backward -> clip -> AdamW step
+    (learning rate from the schedule) -> the next batch. Returns the Axes."""
+    if ax is None:
+        plt = _pyplot()
+        _, ax = plt.subplots(figsize=(9, 3.6), layout="constrained")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(-1, 37)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    w, h = 26, 10
+    top = [(2, "batch\nx, y = random windows"), (37, "forward\nlogits = model(x)"),
+           (72, "loss\ncross-entropy vs y")]
+    bottom = [(72, "backward\nloss.backward()"), (37, "clip\nglobal grad norm \u2264 1"),
+              (2, "AdamW step\nlr = schedule(step)")]
+    for x, text in top:
+        _box(ax, x, 24, w, h, text, fill=_HIGHLIGHT if text.startswith("loss") else _BOX, fontsize=9.5)
+    for x, text in bottom:
+        _box(ax, x, 2, w, h, text, fontsize=9.5)
+    _arrow(ax, (28, 29), (37, 29))
+    _arrow(ax, (63, 29), (72, 29))
+    _arrow(ax, (85, 24), (85, 12))
+    _arrow(ax, (72, 7), (63, 7))
+    _arrow(ax, (37, 7), (28, 7))
+    _arrow(ax, (15, 12), (15, 24), color="#9ca3af")
+    ax.text(16.5, 18, "next step", ha="left", va="center", fontsize=8.5, color="#6b7280")
+    ax.text(50, 18, "forward and backward run grad_accum times (the gradients add up)\n"
+                    "before each update; then the gradients are set back to zero",
+            ha="center", va="center", fontsize=8.5, color="#6b7280")
+    return ax
+
+
+def _as_float(fn: Callable, out: Any, where: str) -> float:
+    if isinstance(out, torch.Tensor):
+        if out.numel() != 1:
+            raise _fail(fn, f"returned a tensor of shape {tuple(out.shape)} on {where}; return one number")
+        out = out.item()
+    if isinstance(out, (bool, str, bytes)):
+        raise _fail(fn, f"returned {out!r} on {where}; return a number")
+    try:
+        return float(out)
+    except (TypeError, ValueError):
+        raise _fail(fn, f"returned {type(out).__name__} on {where}; return a number (a float)") from None
+
+
+# -- the learning-rate schedule
+
+
+def _schedule_variant(step: int, max_lr: float, min_lr: float, warmup: int, total: int, mistake: str) -> float:
+    """Warmup + cosine with one deliberate mistake, for diagnosing answers."""
+    if step < warmup:
+        return max_lr * (step if mistake == "warmup_from_zero" else step + 1) / warmup
+    if step >= total and mistake != "no_floor":
+        return 0.0 if mistake == "to_zero" else min_lr
+    start = 0 if mistake == "progress_from_zero" else warmup
+    progress = (step - start) / max(1, total - start)
+    if mistake == "linear":
+        return max_lr - progress * (max_lr - min_lr)
+    if mistake == "to_zero":
+        return 0.5 * (1.0 + math.cos(math.pi * progress)) * max_lr
+    if mistake == "no_half":
+        return min_lr + math.cos(math.pi * progress) * (max_lr - min_lr)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
+
+
+_SCHEDULE_MISTAKES = [
+    ("warmup_from_zero", "the warmup starts at 0, so the first step does not move the weights: step s (counting "
+                         "from 0) gets max_lr * (s + 1) / warmup"),
+    ("to_zero", "the cosine decays to 0; it must end at min_lr: min_lr + 0.5 * (1 + cos(pi * progress)) * "
+                "(max_lr - min_lr)"),
+    ("progress_from_zero", "the cosine's progress counts from step 0; it starts after the warmup: "
+                           "progress = (step - warmup) / (total - warmup)"),
+    ("no_floor", "after `total` steps the cosine comes back up; from step `total` on, the rate stays at min_lr"),
+    ("linear", "this is a linear decay; the decay follows half a cosine: 0.5 * (1 + cos(pi * progress))"),
+    ("no_half", "the factor is cos(pi * progress), which goes down to -1; use 0.5 * (1 + cos(pi * progress)), "
+                "which goes from 1 to 0"),
+]
+
+
+def check_lr_schedule(fn: Callable[[int, float, float, int, int], float]) -> None:
+    """fn(step, max_lr, min_lr, warmup, total) -> the learning rate of optimizer step `step`
+    (counting from 0): a linear warmup to max_lr over `warmup` steps, then half a cosine down to
+    min_lr at step `total`, and min_lr after that.
+
+    Compared with `mini_gpt.train.lr_at` at every step (and past the end) of several schedules.
+    """
+    from .train import TrainConfig, lr_at
+
+    _require_callable(fn, "check_lr_schedule")
+    schedules = [(1e-3, 1e-4, 10, 100), (2e-3, 2e-4, 50, 1000), (6e-4, 0.0, 0, 40), (1.0, 0.5, 3, 7)]
+    for max_lr, min_lr, warmup, total in schedules:
+        cfg = TrainConfig(learning_rate=max_lr, min_lr=min_lr, warmup_iters=warmup, max_iters=total)
+        name = f"max_lr={max_lr:g}, min_lr={min_lr:g}, warmup={warmup}, total={total}"
+        steps = range(total + 10)
+        got = []
+        for step in steps:
+            where = f"step={step} ({name})"
+            out = _call(fn, (step, max_lr, min_lr, warmup, total), where)
+            if out is None:
+                if step == 0 and not got:
+                    return _not_answered(fn)
+                raise _fail(fn, f"returned None at {where}; return the learning rate at every step")
+            got.append(_as_float(fn, out, where))
+        expected = [lr_at(step, cfg) for step in steps]
+        bad = [s for s in steps if not math.isclose(got[s], expected[s], rel_tol=1e-6, abs_tol=1e-12)]
+        if not bad:
+            continue
+        s = bad[0]
+        msg = (f"at step {s} of the schedule {name} you return {got[s]:.6g}, lr_at gives {expected[s]:.6g} "
+               f"({len(bad)} of {len(expected)} steps differ)")
+        for mistake, hint in _SCHEDULE_MISTAKES:
+            wrong = [_schedule_variant(step, max_lr, min_lr, warmup, total, mistake) for step in steps]
+            if all(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-12) for a, b in zip(got, wrong)):
+                msg += f".\n  Probably: {hint}"
+                break
+        raise _fail(fn, msg)
+    return _passed(fn, f"matches mini_gpt.train.lr_at at every step of {len(schedules)} schedules")
+
+
+# -- gradient clipping
+
+
+def _clip_cases() -> list[tuple[str, list[torch.Tensor], float]]:
+    g = _random_generator(11)
+    mixed = [torch.randn(4, 6, generator=g), torch.randn(6, generator=g), torch.randn(2, 3, 5, generator=g)]
+    lopsided = [torch.randn(8, 8, generator=g) * 3.0, torch.randn(8, generator=g) * 0.01,
+                torch.randn(3, generator=g) * 0.2]
+    return [
+        ("3 tensors with a global norm of about 7.7, max_norm=1.0", mixed, 1.0),
+        ("the same tensors with max_norm=10.0 (above their norm)", mixed, 10.0),
+        ("one tensor of shape (5, 4), max_norm=0.5", [torch.randn(5, 4, generator=g)], 0.5),
+        ("one large tensor and two small ones, max_norm=2.0", lopsided, 2.0),
+    ]
+
+
+def _global_norm(grads: list[torch.Tensor]) -> float:
+    return math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads))
+
+
+def check_clip_grad_norm(fn: Callable[[list[torch.Tensor], float], Any]) -> None:
+    """fn(grads, max_norm) -> the global norm of `grads` (a list of tensors) before clipping; when
+    that norm is above max_norm, fn scales every tensor in place by max_norm / norm.
+
+    Compared with `torch.nn.utils.clip_grad_norm_` (the returned norm and the clipped gradients)
+    on several lists of gradients.
+    """
+    _require_callable(fn, "check_clip_grad_norm")
+    for where, grads, max_norm in _clip_cases():
+        mine = [t.clone() for t in grads]
+        out = _call(fn, (mine, max_norm), where)
+        if out is None:
+            return _not_answered(fn)
+        if isinstance(out, (tuple, list)):
+            raise _fail(fn, f"returned a {type(out).__name__} on {where}; clip the tensors in place (t.mul_(...)) "
+                            f"and return only the global norm, as torch.nn.utils.clip_grad_norm_ does")
+        norm = _as_float(fn, out, where)
+        params = [torch.nn.Parameter(t.clone()) for t in grads]
+        for p, t in zip(params, grads):
+            p.grad = t.clone()
+        expected_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        expected = [p.grad for p in params]
+        if not math.isclose(norm, expected_norm, rel_tol=1e-4):
+            norms = [float(t.double().norm()) for t in grads]
+            known = [
+                (sum(norms), "this is the sum of the tensors' norms; the global norm is the norm of all entries "
+                             "together: sqrt(sum over tensors of (norm of tensor) ** 2)"),
+                (math.sqrt(sum(norms)), "square each tensor's norm before summing: sqrt(sum of norm ** 2)"),
+                (max(norms), "this is the largest tensor's norm; the global norm takes all tensors together"),
+                (sum(n**2 for n in norms), "the square root is missing: the norm is sqrt(sum of squares)"),
+                (min(expected_norm, max_norm), "this is the norm after clipping; return the norm before it "
+                                               "(training logs it to spot gradient spikes)"),
+            ]
+            hint = next((h for value, h in known if math.isclose(norm, value, rel_tol=1e-4)), None)
+            raise _fail(fn, f"on {where} you return a norm of {norm:.6g}, clip_grad_norm_ gives {expected_norm:.6g}"
+                            + (f".\n  Probably: {hint}" if hint else ""))
+        if all(_close(a, b, atol=1e-6) for a, b in zip(mine, expected)):
+            continue
+        total = _global_norm(grads)
+        variants = [
+            ("the gradients were not changed: scale them in place, e.g. t.mul_(max_norm / norm)",
+             lambda: [t.clone() for t in grads]),
+            ("the gradients were scaled up to max_norm although their norm was smaller; clip only when "
+             "norm > max_norm (the factor is min(1, max_norm / norm))",
+             lambda: [t * (max_norm / total) for t in grads]),
+            ("each tensor is clipped on its own; clipping scales all of them by one factor from the global "
+             "norm, which keeps the gradient's direction",
+             lambda: [t * min(1.0, max_norm / float(t.norm())) for t in grads]),
+            ("the factor is upside down: multiply by max_norm / norm, not norm / max_norm",
+             lambda: [t * (total / max_norm) if total > max_norm else t.clone() for t in grads]),
+        ]
+        hint = None
+        for explanation, make in variants:
+            if all(_close(a, b, atol=1e-6) for a, b in zip(mine, make())):
+                hint = explanation
+                break
+        worst = next(i for i, (a, b) in enumerate(zip(mine, expected)) if not _close(a, b, atol=1e-6))
+        raise _mismatch(fn, mine[worst], expected[worst], f"{where} (tensor {worst} after clipping)",
+                        "torch.nn.utils.clip_grad_norm_", hint, 1e-6)
+    return _passed(fn, "matches torch.nn.utils.clip_grad_norm_ on 4 lists of gradients")
+
+
+# -- one AdamW update
+
+
+def _adamw_variant(p, g, m, v, t, lr, beta1, beta2, eps, wd, mistake=None):
+    """One AdamW update with one deliberate mistake (or none): returns (p, m, v)."""
+    if mistake == "l2":
+        g = g + wd * p
+    m = beta1 * m + (1 - beta1) * g
+    v = beta2 * v + (1 - beta2) * g * g
+    m_hat = m if mistake in ("no_correction", "no_correction_m") else m / (1 - beta1**t)
+    v_hat = v if mistake in ("no_correction", "no_correction_v") else v / (1 - beta2**t)
+    denom = torch.sqrt(v_hat + eps) if mistake == "eps_inside" else torch.sqrt(v_hat) + eps
+    update = m_hat / denom
+    if mistake == "l2":
+        return p - lr * update, m, v
+    if mistake == "wd_no_lr":
+        return p * (1 - wd) - lr * update, m, v
+    if mistake == "wd_after":
+        return (p - lr * update) * (1 - lr * wd), m, v
+    return p * (1 - lr * wd) - lr * update, m, v
+
+
+_ADAMW_MISTAKES = [
+    ("no_correction", "the bias correction is missing: divide m by (1 - beta1 ** t) and v by (1 - beta2 ** t), "
+                      "with t = 1 on the first step"),
+    ("no_correction_m", "only v is bias-corrected; m needs it too: m_hat = m / (1 - beta1 ** t)"),
+    ("no_correction_v", "only m is bias-corrected; v needs it too: v_hat = v / (1 - beta2 ** t)"),
+    ("l2", "this is Adam with L2 regularisation (weight_decay * p added to the gradient); AdamW decays the "
+           "weights directly, outside the moments: p = p - lr * weight_decay * p"),
+    ("wd_no_lr", "the weight decay is not multiplied by the learning rate: p = p * (1 - lr * weight_decay)"),
+    ("wd_after", "the decay is applied to the updated weights; AdamW decays the old ones: "
+                 "p_new = p - lr * (m_hat / (sqrt(v_hat) + eps) + weight_decay * p)"),
+    ("eps_inside", "eps is inside the square root; it is added to it: m_hat / (sqrt(v_hat) + eps) (this shows "
+                   "for tiny gradients)"),
+]
+
+
+def _adamw_cases() -> list[tuple[str, torch.Tensor, list[torch.Tensor], float, tuple[float, float], float]]:
+    g = _random_generator(12)
+    cases = []
+    for name, shape, scale, betas, wd in (
+        ("a (4, 5) matrix with weight_decay=0.1, betas=(0.9, 0.999)", (4, 5), 1.0, (0.9, 0.999), 0.1),
+        ("a vector of 6 with weight_decay=0.0, betas=(0.9, 0.99)", (6,), 1.0, (0.9, 0.99), 0.0),
+        ("a (3, 3) matrix with tiny gradients (about 1e-5), weight_decay=0.1", (3, 3), 1e-5, (0.9, 0.95), 0.1),
+    ):
+        p = torch.randn(shape, generator=g, dtype=torch.float64)
+        grads = [torch.randn(shape, generator=g, dtype=torch.float64) * scale for _ in range(5)]
+        cases.append((name, p, grads, 1e-8, betas, wd))
+    return cases
+
+
+def check_adamw_step(fn: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
+    """fn(p, grad, m, v, t, lr, beta1, beta2, eps, weight_decay) -> (p, m, v) after one AdamW
+    update: t is the update's number (1 on the first), m and v the moving averages of the gradient
+    and of its square (zeros before the first update).
+
+    Five updates in a row (the learning rate changing as under a schedule) on three tensors,
+    compared with `torch.optim.AdamW` after every update.
+    """
+    _require_callable(fn, "check_adamw_step")
+    lrs = [0.05, 0.1, 0.08, 0.05, 0.02]
+    atol = 1e-9
+    for name, p0, grads, eps, (beta1, beta2), wd in _adamw_cases():
+        ref = torch.nn.Parameter(p0.clone())
+        opt = torch.optim.AdamW([ref], lr=lrs[0], betas=(beta1, beta2), eps=eps, weight_decay=wd, foreach=False)
+        p, m, v = p0.clone(), torch.zeros_like(p0), torch.zeros_like(p0)
+        history = [(p0.clone(), torch.zeros_like(p0), torch.zeros_like(p0))]  # (p, m, v) by hand, for hints
+        for t, (g, lr) in enumerate(zip(grads, lrs), start=1):
+            where = f"update t={t} of {name}, lr={lr}"
+            out = _call(fn, (p.clone(), g.clone(), m.clone(), v.clone(), t, lr, beta1, beta2, eps, wd), where)
+            if out is None:
+                return _not_answered(fn)
+            if not isinstance(out, (tuple, list)) or len(out) != 3:
+                raise _fail(fn, f"returned {type(out).__name__} on {where}; return the tuple (p, m, v): the new "
+                                f"weights and the two updated moving averages")
+            p, m, v = (_as_tensor(fn, x, where).detach().to(torch.float64) for x in out)
+            ref.grad = g.clone()
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.step()
+            expected = ref.detach()
+            if _close(p, expected, atol=atol, rtol=1e-7):
+                before = history[-1]
+                history.append(_adamw_variant(before[0], g, before[1], before[2], t, lr, beta1, beta2, eps, wd))
+                continue
+            before = history[-1]
+            hint = None
+            for mistake, explanation in _ADAMW_MISTAKES:
+                wrong = _adamw_variant(before[0], g, before[1], before[2], t, lr, beta1, beta2, eps, wd, mistake)
+                if _close(p, wrong[0], atol=atol, rtol=1e-7):
+                    hint = explanation
+                    break
+            if hint is None and t > 1:
+                zeros = torch.zeros_like(p0)
+                stale = _adamw_variant(before[0], g, zeros, zeros, t, lr, beta1, beta2, eps, wd)
+                if _close(p, stale[0], atol=atol, rtol=1e-7):
+                    hint = ("m and v start from zero at every update: return the updated m and v, they carry "
+                            "over to the next update")
+            if hint is None and torch.isnan(p).any():
+                hint = "NaN: v averages the *squared* gradient (g * g), which is never negative"
+            raise _mismatch(fn, p, expected, where, "torch.optim.AdamW", hint, atol)
+    return _passed(fn, "matches torch.optim.AdamW over 5 updates on 3 tensors")
