@@ -4,8 +4,8 @@ A checkpoint is a folder `ckpt-<step>` holding only files that cannot run code w
 
     model.safetensors   the weights
     optim.safetensors   the optimizer's tensors (Adam moments, step counts) and RNG states
-    state.json          step, configs, data-stream position, Python RNG, optimizer hyper-parameters
-    tokenizer.json      the tokenizer (CharTokenizer) or its name (BPE)
+    state.json          step, configs, data-stream position, Python RNG, optimizer hyper-parameters,
+                        and the tokenizer (a CharTokenizer's characters, or a BPE tokenizer's name)
 
 Writes are atomic: everything goes into a hidden temp folder, each file is fsync'ed, the folder is
 renamed to its final name (one atomic step), and the parent is fsync'ed. A crash at any moment

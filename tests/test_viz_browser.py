@@ -1,44 +1,23 @@
 """The exported attention explorer (mini_gpt.viz.attention_html) in a real browser.
 
 Headless Chromium driven by Selenium opens the HTML from disk, reads the canvas pixels, changes
-the head menu and hovers over cells. Nothing is installed at run time: without the `selenium`
-package, a Chromium binary or its chromedriver the tests are skipped (CI installs Debian's
-`chromium` and `chromium-driver`). MINI_GPT_CHROMIUM / MINI_GPT_CHROMEDRIVER name other binaries.
+the head menu and hovers over cells. The `browser` fixture (tests/conftest.py) skips these tests,
+with the reason, where no Chromium, chromedriver or selenium is installed; CI installs Debian's
+`chromium` and `chromium-driver`.
 """
 
 import json
-import os
 import re
-import shutil
 
 import pytest
 import torch
 
 from mini_gpt import GPT, CharTokenizer, GPTConfig, viz
 
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
-
-
-def _find(env: str, names: tuple[str, ...]) -> str | None:
-    if os.environ.get(env):
-        return os.environ[env] if os.path.exists(os.environ[env]) else None
-    for name in names:
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
-CHROMIUM = _find("MINI_GPT_CHROMIUM", ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"))
-CHROMEDRIVER = _find("MINI_GPT_CHROMEDRIVER", ("chromedriver",))
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None,
-    reason=f"needs headless Chromium and chromedriver (apt-get install chromium chromium-driver); "
-    f"found browser={CHROMIUM}, driver={CHROMEDRIVER}",
-)
 
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
 PROMPT = "To be, or not to be:\nthat is"
@@ -59,24 +38,6 @@ def model(tok):
         for block in m.transformer.h:
             block.attn.c_attn.weight.mul_(25.0)  # distinct, peaked heads instead of near-uniform ones
     return m
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1000,900", "--force-device-scale-factor=1",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    # an explicit driver path: Selenium Manager (which would download drivers) is not used
-    service = webdriver.ChromeService(executable_path=CHROMEDRIVER)
-    driver = webdriver.Chrome(options=options, service=service)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
 
 
 def open_page(browser, path):
