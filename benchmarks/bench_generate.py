@@ -8,9 +8,8 @@ decoding from a 4-token prompt, no eos (every row makes all its tokens):
 
 - fp32, batch 1 and batch 8: transformers, mini_gpt with the cache, mini_gpt without it
 - bf16 weights (`model.to(torch.bfloat16)`), batch 1: the same three
-- fp32 batch 1 also mini_gpt with the cache after `decode_layout(model)`: the widening layers'
-  weights stored column by column, the layout MKL's fp32 matrix-vector product reads fastest
-  (same values, same tokens; see mini_gpt.generate.decode_layout)
+- fp32 also mini_gpt with the cache and `F.linear` (MKL) for its matrix products instead of the
+  default oneDNN kernel of `mini_gpt.linear.Linear` (what the kernel choice is worth)
 
 Without the cache every step re-runs the whole sequence, so its cost grows with the length; those
 rows make fewer tokens (--no-cache-tokens) to keep the run short, and the table says how many.
@@ -34,7 +33,7 @@ import torch
 
 import mini_gpt
 from mini_gpt import GPT, GPTConfig, generate
-from mini_gpt.generate import decode_layout
+from mini_gpt.linear import cpu_inference_kernel, cpu_inference_kernel_as
 
 
 def gpt2_pair(dtype: torch.dtype):
@@ -85,17 +84,14 @@ def run(new_tokens: int, no_cache_tokens: int, batch_sizes: list[int], bf16: boo
             return generate(ours, idx, n, do_sample=False, use_cache=False)
 
         impls = [("transformers generate", hf_gen, new_tokens), ("mini_gpt, KV cache", ours_cached, new_tokens)]
-        if batch == 1 and dtype == torch.float32:
-            impls.append(("mini_gpt, KV cache + decode_layout", ours_cached, new_tokens))
+        if dtype == torch.float32:
+            impls.append(("mini_gpt, KV cache, F.linear (MKL) kernel", ours_cached, new_tokens))
         impls.append(("mini_gpt, no cache", ours_uncached, no_cache_tokens))
         ref = hf_speed = None
         for name, fn, n in impls:
-            layout = "decode_layout" in name
-            if layout:
-                decode_layout(ours)  # once, untimed: it is a property of the loaded model
-            row, out = time_run(fn, n, batch)
-            if layout:
-                decode_layout(ours, enable=False)  # as it was, for the other rows
+            kernel = "torch" if "F.linear" in name else cpu_inference_kernel()
+            with cpu_inference_kernel_as(kernel):
+                row, out = time_run(fn, n, batch)
             if ref is None:
                 ref, hf_speed = out, row["tokens_per_s"]
             rows.append({

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import GPTConfig
+from .linear import Linear
 from .masks import apply_mask, causal_mask, offset_causal_mask
 from .rope import RotaryEmbedding
 
@@ -144,9 +145,9 @@ class CausalSelfAttention(nn.Module):
         self.head_dim = config.head_dim
         self.layer_idx = layer_idx  # which slot of a KVCache this layer uses
         # q, k and v for all heads in one matmul: n_embd -> 3 * n_embd
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         # mixes the heads' outputs back into the residual stream
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)

@@ -13,6 +13,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import CausalSelfAttention, KVCache
 from .config import GPTConfig
+from .linear import Linear
 
 
 class MLP(nn.Module):
@@ -20,11 +21,11 @@ class MLP(nn.Module):
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         # GPT-2 was trained with the tanh approximation of GELU ("gelu_new" in transformers);
         # the exact erf GELU would drift from its logits by ~1e-3
         self.gelu = nn.GELU(approximate="tanh")
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

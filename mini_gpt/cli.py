@@ -183,10 +183,6 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     except (CheckpointError, ValueError) as exc:
         print(f"mini-gpt sample: error: {exc}", file=sys.stderr)
         return 2
-    if device.type == "cpu" and args.num_beams == 1:
-        from .generate import decode_layout
-
-        decode_layout(model)  # weights laid out for fast one-sequence decoding on a CPU (same tokens)
     options = dict(
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
         repetition_penalty=args.repetition_penalty, num_beams=args.num_beams, seed=args.seed,

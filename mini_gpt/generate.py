@@ -23,8 +23,9 @@ Choosing the next token ("decoding") is where the strategies differ:
 Speed: a KV cache (`attention.KVCache`, preallocated for the whole generation) keeps every
 layer's keys and values, so after the prompt each step feeds the model one token per sequence
 instead of the whole text. Beam search reorders the cache when beams swap places. Each step
-then multiplies one vector per sequence by every weight matrix, so the weights' memory layout
-matters on a CPU: `decode_layout(model)` (opt-in) stores them the way MKL reads fastest.
+then multiplies one vector per sequence by every weight matrix, so on a CPU the speed is how
+fast the weights stream from memory: `mini_gpt.linear.Linear` runs those products through
+oneDNN, which streams them about twice as fast as `F.linear` in float32.
 
 Batches of prompts of different lengths are left-padded (`pad_prompts`): padding goes in front,
 so every sequence's newest token sits in the last column. The attention mask hides the padding
@@ -557,36 +558,6 @@ def generate(
     idx, mask, o = _options(model, idx, max_new_tokens, attention_mask, kwargs)
     new = list(_stream(model, idx, mask, max_new_tokens, o))  # n x (B,), n <= max_new_tokens
     return torch.cat([idx, torch.stack(new, dim=1)], dim=1)  # (B, T + n)
-
-
-@torch.no_grad()
-def decode_layout(model: torch.nn.Module, enable: bool = True) -> torch.nn.Module:
-    """Store the weights of `model`'s widening layers transposed in memory, which CPU decoding reads faster.
-
-    With a KV cache each step multiplies one vector per sequence by every weight matrix, so the
-    speed is how fast the weights stream from memory. A Linear weight W (out, in) is normally
-    stored row by row. For the layers that widen or keep the width (out >= in: c_attn, the
-    attention's c_proj, the MLP's c_fc and lm_head), MKL's fp32 matrix-vector product on a CPU
-    reads W up to twice as fast when it is stored column by column, strides (1, out), which is how
-    GPT-2's original Conv1D layers hold their weights; the narrowing MLP c_proj is faster as it
-    is. (Measured on a 2-core AMD EPYC; bf16 goes through oneDNN, which prefers the usual layout.)
-    Only the memory layout changes: shapes and values are the same, and so are the tokens.
-
-    Opt-in because it changes the model in place: training still works, but `state_dict()` then
-    holds non-contiguous tensors, which `safetensors.torch.save_file` refuses (mini_gpt's
-    checkpoints make them contiguous). It pays off for batch 1 on a CPU; on a GPU, or for
-    batches of several sequences, the matrix products are fast either way. `enable=False` puts
-    every weight back in the usual row-by-row layout. Returns the model.
-    """
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear):
-            w = module.weight
-            if enable and module.out_features >= module.in_features:
-                if w.stride() != (1, w.shape[0]):
-                    w.data = w.data.t().contiguous().t()  # (out, in), stored column by column
-            elif not w.is_contiguous():
-                w.data = w.data.contiguous()
-    return model
 
 
 @torch.no_grad()

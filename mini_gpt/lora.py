@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import _fsync_dir
+from .linear import Linear
 
 # named shortcuts for `targets`: module-name suffixes inside each transformer block
 TARGET_SHORTCUTS: dict[str, tuple[str, ...]] = {
@@ -98,9 +99,11 @@ class LoRALinear(nn.Module):
         return (self.lora_B.float() @ self.lora_A.float()) * self.scaling
 
     def merged(self) -> nn.Linear:
-        """A plain nn.Linear computing the same function: W + (alpha/r) B A, same bias."""
+        """A plain linear layer of the base layer's class (nn.Linear, or mini_gpt's Linear inside a
+        GPT) computing the same function: W + (alpha/r) B A, same bias."""
         w = self.base.weight
-        layer = nn.Linear(
+        cls = Linear if isinstance(self.base, Linear) else nn.Linear  # a subclass's own __init__ may differ
+        layer = cls(
             self.in_features, self.out_features, bias=self.base.bias is not None, device=w.device, dtype=w.dtype
         )
         with torch.no_grad():

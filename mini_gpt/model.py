@@ -23,6 +23,7 @@ from torch import nn
 from .attention import ATTENTION_IMPLS, CausalSelfAttention, KVCache
 from .block import Block
 from .config import GPTConfig
+from .linear import Linear
 
 # short names -> Hugging Face repositories holding GPT-2-layout `model.safetensors`
 GPT2_MODELS = {
@@ -70,7 +71,7 @@ class GPT(nn.Module):
         modules["h"] = nn.ModuleList(Block(config, layer_idx=i) for i in range(config.n_layer))
         modules["ln_f"] = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.transformer = nn.ModuleDict(modules)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         # weight tying: reading a token (wte) and writing it (lm_head) share one matrix, as in
         # GPT-2; it saves vocab_size * n_embd parameters and trains the rows of rare tokens
         self.transformer.wte.weight = self.lm_head.weight

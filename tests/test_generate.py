@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from mini_gpt import GPT, GPTConfig, generate, stream
 from mini_gpt.generate import (
     apply_repetition_penalty,
-    decode_layout,
     min_p_filter,
     next_token_logits,
     pad_prompts,
@@ -447,24 +446,3 @@ def test_text_pieces_hold_back_incomplete_characters():
     assert "".join(pieces) == text
     assert not any("\ufffd" in piece for piece in pieces)
     assert len(pieces) < len(ids)  # some characters did span several tokens
-
-
-
-def test_decode_layout_keeps_values_and_tokens():
-    model = tiny_gpt("learned")  # n_embd 32, vocab 40: lm_head widens 32 -> 40
-    idx = prompts()
-    before, logits = generate(model, idx, 10, do_sample=False), next_token_logits(model, idx)
-    weights = {name: p.detach().clone() for name, p in model.named_parameters()}
-    assert decode_layout(model) is model
-    block = model.transformer.h[0]
-    for linear in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, model.lm_head):  # out >= in
-        assert linear.weight.stride() == (1, linear.out_features)
-    assert block.mlp.c_proj.weight.is_contiguous()  # narrowing: kept as it was
-    assert model.transformer.wte.weight is model.lm_head.weight  # still tied
-    for name, p in model.named_parameters():
-        assert torch.equal(p, weights[name])
-    assert torch.equal(generate(model, idx, 10, do_sample=False), before)
-    torch.testing.assert_close(next_token_logits(model, idx), logits, rtol=0, atol=1e-5)
-    model(idx).sum().backward()  # training still works
-    decode_layout(model, enable=False)
-    assert all(p.is_contiguous() for p in model.parameters())
