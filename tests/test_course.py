@@ -11,26 +11,7 @@ import torch.nn.functional as F
 from mini_gpt import GPT, GPTConfig, course
 from mini_gpt.masks import causal_mask
 
-
-def passes(check, fn, capsys):
-    assert check(fn) is None
-    out = capsys.readouterr().out
-    assert out.startswith("\u2713 ")
-    return out
-
-
-def fails(check, fn, match):
-    """The check rejects fn; its message (long lines wrapped for notebooks, compared here
-    with all whitespace collapsed to single spaces) matches the regex `match`."""
-    with pytest.raises(AssertionError) as info:
-        check(fn)
-    message = str(info.value)
-    assert message.startswith("\u2717 ")
-    assert all(len(line) <= 90 for line in message.splitlines() if not line.startswith(("tensor", " "))), message
-    flat = " ".join(message.split())
-    assert re.search(match, flat), f"{match!r} not in {flat!r}"
-    return message
-
+from check_helpers import fails, passes
 
 # ---------------------------------------------------------------------------- shared behaviour
 

@@ -3,7 +3,6 @@ figure: each check accepts a right answer, names the usual mistakes, and reminds
 the exercise is not answered yet."""
 
 import math
-import re
 
 import matplotlib
 import pytest
@@ -11,26 +10,9 @@ import torch
 
 from mini_gpt import course
 
+from check_helpers import fails, passes
+
 matplotlib.use("Agg")
-
-
-def passes(check, fn, capsys):
-    assert check(fn) is None
-    out = capsys.readouterr().out
-    assert out.startswith("\u2713 "), out
-    return out
-
-
-def fails(check, fn, match):
-    """The check rejects fn with a message (whitespace collapsed) matching the regex `match`."""
-    with pytest.raises(AssertionError) as info:
-        check(fn)
-    message = str(info.value)
-    assert message.startswith("\u2717 ")
-    assert all(len(line) <= 90 for line in message.splitlines() if not line.startswith(("tensor", " "))), message
-    flat = " ".join(message.split())
-    assert re.search(match, flat), f"{match!r} not in {flat!r}"
-    return message
 
 
 @pytest.mark.parametrize("check", [course.check_lr_schedule, course.check_clip_grad_norm, course.check_adamw_step])

@@ -1,7 +1,6 @@
 """Chapter 6 (sampling) exercise checks: each accepts a right answer, explains the usual wrong
 ones, and reminds (rather than fails) when the answer still returns None."""
 
-import re
 
 import pytest
 import torch
@@ -9,26 +8,9 @@ import torch
 from mini_gpt import course
 from mini_gpt.generate import apply_repetition_penalty, top_k_filter, top_p_filter
 
+from check_helpers import fails, passes
+
 NEG_INF = float("-inf")
-
-
-def passes(check, fn, capsys):
-    assert check(fn) is None
-    out = capsys.readouterr().out
-    assert out.startswith("\u2713 "), out
-    return out
-
-
-def fails(check, fn, match):
-    """The check rejects fn with a message (whitespace collapsed) that matches the regex `match`."""
-    with pytest.raises(AssertionError) as info:
-        check(fn)
-    message = str(info.value)
-    assert message.startswith("\u2717 ")
-    assert all(len(line) <= 90 for line in message.splitlines() if not line.startswith(("tensor", " "))), message
-    flat = " ".join(message.split())
-    assert re.search(match, flat), f"{match!r} not in {flat!r}"
-    return message
 
 
 CHECKS = [course.check_top_k_filter, course.check_top_p_filter, course.check_repetition_penalty,

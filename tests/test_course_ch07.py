@@ -2,7 +2,6 @@
 treats an unanswered exercise as a reminder."""
 
 import copy
-import re
 
 import pytest
 import torch
@@ -11,25 +10,7 @@ from torch import nn
 from mini_gpt import GPT, course
 from mini_gpt.lora import LoRALinear, add_lora, trainable_parameters
 
-
-def passes(check, fn, capsys):
-    assert check(fn) is None
-    out = capsys.readouterr().out
-    assert out.startswith("\u2713 "), out
-    return out
-
-
-def fails(check, fn, match):
-    """The check rejects fn with a message (whitespace collapsed) that matches the regex `match`."""
-    with pytest.raises(AssertionError) as info:
-        check(fn)
-    message = str(info.value)
-    assert message.startswith("\u2717 ")
-    assert all(len(line) <= 90 for line in message.splitlines() if not line.startswith(("tensor", " "))), message
-    flat = " ".join(message.split())
-    assert re.search(match, flat), f"{match!r} not in {flat!r}"
-    return message
-
+from check_helpers import fails, passes
 
 CHECKS = [course.check_lora_forward, course.check_lora_param_count, course.check_merge]
 

@@ -2,7 +2,6 @@
 rejects the usual wrong ones with the matching explanation, and reminds when unanswered."""
 
 import math
-import re
 
 import pytest
 import torch
@@ -10,25 +9,7 @@ import torch
 from mini_gpt import course
 from mini_gpt.rope import RotaryEmbedding
 
-
-def passes(check, fn, capsys):
-    assert check(fn) is None
-    out = capsys.readouterr().out
-    assert out.startswith("\u2713 "), out
-    return out
-
-
-def fails(check, fn, match):
-    """The check rejects fn with a message (whitespace collapsed) that matches the regex `match`."""
-    with pytest.raises(AssertionError) as info:
-        check(fn)
-    message = str(info.value)
-    assert message.startswith("\u2717 ")
-    assert all(len(line) <= 90 for line in message.splitlines()), message
-    flat = " ".join(message.split())
-    assert re.search(match, flat), f"{match!r} not in {flat!r}"
-    return message
-
+from check_helpers import fails, passes
 
 CHECKS = [course.check_rope_frequencies, course.check_rotate_pairs, course.check_relative_scores]
 
