@@ -14,7 +14,8 @@ decoding from a 4-token prompt, no eos (every row makes all its tokens):
 Without the cache every step re-runs the whole sequence, so its cost grows with the length; those
 rows make fewer tokens (--no-cache-tokens) to keep the run short, and the table says how many.
 tokens/s counts every sequence of the batch; ms/step is the time of one decoding step (one new
-token for every sequence). Each row is timed once after an untimed warm-up run.
+token for every sequence). After an untimed warm-up, the implementations of a setting take turns
+`--repeats` times (default 3) and each row shows its median run.
 
 Timings on a shared CPU swing with what else is running: the table prints the thread count and
 the load average before and after.
@@ -26,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 
@@ -52,18 +54,16 @@ def gpt2_pair(dtype: torch.dtype):
     return hf.to(dtype), ours.to(dtype)
 
 
-def time_run(fn, new_tokens: int, batch: int) -> tuple[dict, torch.Tensor]:
-    with torch.inference_mode():
-        fn(min(new_tokens, 8))  # warm-up: thread pool, allocator, kernel choice
+def time_once(fn, new_tokens: int) -> tuple[float, torch.Tensor]:
     start = time.perf_counter()
     out = fn(new_tokens)
     seconds = time.perf_counter() - start
     made = out.shape[1] - 4
     assert made == new_tokens, f"made {made} tokens, expected {new_tokens}"
-    return {"seconds": seconds, "tokens_per_s": batch * made / seconds, "ms_per_step": 1000 * seconds / made}, out
+    return seconds, out
 
 
-def run(new_tokens: int, no_cache_tokens: int, batch_sizes: list[int], bf16: bool) -> list[dict]:
+def run(new_tokens: int, no_cache_tokens: int, batch_sizes: list[int], bf16: bool, repeats: int) -> list[dict]:
     rows = []
     settings = [("fp32", torch.float32, b) for b in batch_sizes] + ([("bf16", torch.bfloat16, 1)] if bf16 else [])
     models = {}
@@ -87,19 +87,35 @@ def run(new_tokens: int, no_cache_tokens: int, batch_sizes: list[int], bf16: boo
         if dtype == torch.float32:
             impls.append(("mini_gpt, KV cache, F.linear (MKL) kernel", ours_cached, new_tokens))
         impls.append(("mini_gpt, no cache", ours_uncached, no_cache_tokens))
-        ref = hf_speed = None
-        for name, fn, n in impls:
-            kernel = "torch" if "F.linear" in name else cpu_inference_kernel()
-            with cpu_inference_kernel_as(kernel):
-                row, out = time_run(fn, n, batch)
-            if ref is None:
-                ref, hf_speed = out, row["tokens_per_s"]
+
+        def kernel(name):
+            return cpu_inference_kernel_as("torch" if "F.linear" in name else cpu_inference_kernel())
+
+        with torch.inference_mode():
+            for name, fn, n in impls:  # warm-up: thread pool, allocator, kernel choice
+                with kernel(name):
+                    fn(min(n, 8))
+        # the implementations take turns, so a slow spell of the machine hits them all alike
+        times: dict[str, list[float]] = {name: [] for name, _, _ in impls}
+        outs = {}
+        for _ in range(repeats):
+            for name, fn, n in impls:
+                with kernel(name):
+                    seconds, outs[name] = time_once(fn, n)
+                times[name].append(seconds)
+        ref = outs["transformers generate"]
+        hf_speed = batch * new_tokens / statistics.median(times["transformers generate"])
+        for name, _, n in impls:
+            seconds = statistics.median(times[name])
+            speed = batch * n / seconds
             rows.append({
-                "impl": name, "dtype": dtype_name, "batch": batch, "new_tokens": n, **row,
-                "same_tokens_as_transformers": bool(torch.equal(out, ref[:, : out.shape[1]])),
-                "speedup_vs_transformers": row["tokens_per_s"] / hf_speed,
+                "impl": name, "dtype": dtype_name, "batch": batch, "new_tokens": n, "seconds": seconds,
+                "tokens_per_s": speed, "ms_per_step": 1000 * seconds / n,
+                "tokens_per_s_runs": [batch * n / t for t in times[name]],
+                "same_tokens_as_transformers": bool(torch.equal(outs[name], ref[:, : outs[name].shape[1]])),
+                "speedup_vs_transformers": speed / hf_speed,
             })
-            print(f"  {dtype_name} B={batch} {name}: {row['tokens_per_s']:.1f} tok/s", file=sys.stderr, flush=True)
+            print(f"  {dtype_name} B={batch} {name}: {speed:.1f} tok/s", file=sys.stderr, flush=True)
     return rows
 
 
@@ -124,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="fp32 batch sizes (default 1 8)")
     p.add_argument("--no-bf16", action="store_true", help="leave out the bf16 rows")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per row, interleaved; the median is shown")
     p.add_argument("--json", help="also write the rows and the setup to this file")
     args = p.parse_args(argv)
 
@@ -132,11 +149,11 @@ def main(argv: list[str] | None = None) -> int:
 
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
-    rows = run(args.new_tokens, args.no_cache_tokens, args.batch_sizes, not args.no_bf16)
+    rows = run(args.new_tokens, args.no_cache_tokens, args.batch_sizes, not args.no_bf16, args.repeats)
     load_after = os.getloadavg()[0]
     setup = {
         "model": "GPT-2 124M (random weights)", "prompt_tokens": 4, "decoding": "greedy",
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "threads": torch.get_num_threads(), "repeats": args.repeats, "torch": torch.__version__, "transformers": transformers.__version__,
         "mini_gpt": mini_gpt.__version__, "cpu": platform.processor() or platform.machine(),
         "load_average_before": load_before, "load_average_after": load_after,
         "total_seconds": time.perf_counter() - start,
