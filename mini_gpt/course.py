@@ -548,7 +548,11 @@ def _close(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float = 1e-4) ->
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).abs().nan_to_num(nan=math.inf).max())
+    """The largest |a - b|: 0 where both hold the same value (the same infinity too), inf where
+    only one is infinite or NaN (nan_to_num alone would report an infinity as 1.8e+308)."""
+    a, b = a.double(), b.double()
+    diff = (a - b).abs().nan_to_num(nan=math.inf, posinf=math.inf)
+    return float(torch.where(a == b, 0.0, diff).max()) if diff.numel() else 0.0
 
 
 def _diagnose(out: torch.Tensor, variants: Iterable[tuple[str, Callable[[], torch.Tensor]]], atol: float) -> str | None:

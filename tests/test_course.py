@@ -449,3 +449,11 @@ def test_course_is_not_imported_by_the_library():
         if path.name != "course.py":
             imports = [line for line in path.read_text("utf-8").splitlines() if re.match(r"\s*(from|import) ", line)]
             assert not [line for line in imports if uses_course.search(line)], path
+
+
+def test_max_diff_reports_infinities_as_infinite_and_equal_infinities_as_equal():
+    inf = math.inf
+    assert course._max_diff(torch.tensor([-inf, 1.0]), torch.tensor([-inf, 1.5])) == 0.5
+    assert course._max_diff(torch.tensor([-inf, 1.0]), torch.tensor([0.0, 1.0])) == inf
+    assert course._max_diff(torch.tensor([float("nan")]), torch.tensor([0.0])) == inf
+    assert course._max_diff(torch.empty(0), torch.empty(0)) == 0.0
