@@ -263,8 +263,8 @@ def _sample_interactive(model, tokenizer, options: dict, args: argparse.Namespac
         except ValueError as exc:  # e.g. a character the tokenizer does not know
             print(f"error: {exc}", file=sys.stderr)
             continue
-        except KeyboardInterrupt:
-            pass  # stop this continuation, back to the prompt
+        except KeyboardInterrupt:  # Ctrl-C stops this continuation, not the session
+            print("\n[stopped]", end="", file=sys.stderr, flush=True)
         print(flush=True)
 
 

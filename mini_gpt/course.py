@@ -25,6 +25,7 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -121,12 +122,10 @@ def setup_notebook(seed: int = 0, threads: int = 1) -> None:
     # differ from one machine to another without saying anything about the course
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    try:
+    if importlib.util.find_spec("matplotlib") is not None:  # figures need mini_gpt[book]; the rest works without
         import matplotlib
 
         matplotlib.rcParams.update({"figure.dpi": 100, "axes.spines.top": False, "axes.spines.right": False})
-    except ImportError:  # figures need mini_gpt[book]; everything else works without it
-        pass
 
 
 # ---------------------------------------------------------------------------- small models and data
@@ -2264,13 +2263,12 @@ def _logged_save(save: Callable, old: bytes | None, new: bytes, name: str, crash
         log = _IOLog(root, crash_at, disk_full)
         error = None
         with _logged_io(log, getattr(save, "__globals__", None)):
-            try:
-                save(path, new)
-            except SimulatedCrash:
-                pass
-            except Exception as exc:  # after a crash, what the function does is moot: the process is gone
-                if not log.crashed:
-                    error = exc
+            with contextlib.suppress(SimulatedCrash):  # the process "died" there: nothing after it runs
+                try:
+                    save(path, new)
+                except Exception as exc:  # after a crash, what the function does is moot: the process is gone
+                    if not log.crashed:
+                        error = exc
         leftovers = sorted(p.name for p in root.iterdir() if p.name != name)
         return log, _file_outcome(path, old, new), error, leftovers
 

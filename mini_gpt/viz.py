@@ -145,8 +145,9 @@ def _font_charmap(family: tuple[str, ...]) -> frozenset[int] | None:
 
 
 def _mpl_label(label: str, max_len: int = 14) -> str:
-    """A label matplotlib draws as plain text: '$' escaped (no mathtext), glyphs the font lacks as \\uXXXX
-    (so drawing never warns "Glyph missing", which would land in a notebook's stderr)."""
+    """A label matplotlib draws as plain text: '$' escaped (no mathtext), glyphs the font lacks as
+    their \\u escape, e.g. \\u2581 (so drawing never warns "Glyph missing", which would land in a
+    notebook's stderr)."""
     import matplotlib
 
     label = str(label)
