@@ -171,3 +171,17 @@ def built_book(tmp_path_factory) -> BuiltBook:
     seconds = time.perf_counter() - start
     return BuiltBook(html=out / "_build" / "html", returncode=proc.returncode,
                      log=proc.stdout + proc.stderr, seconds=seconds, command=command)
+
+
+# ---------------------------------------------------------------------------- markers
+# Registered in pyproject.toml. `browser` and `book` follow from what a test uses, so that
+# `-m "not browser"` or `-m "not book"` never misses one; `slow` is set by hand on the tests it fits.
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "browser" in fixtures:
+            item.add_marker(pytest.mark.browser)
+        if "built_book" in fixtures or Path(item.fspath).parent.name == "book":
+            item.add_marker(pytest.mark.book)

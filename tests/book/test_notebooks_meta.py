@@ -25,7 +25,7 @@ from mini_gpt import course
 pytest.importorskip("IPython", reason="IPython comes with ipykernel (pip install -e '.[book]')")
 from IPython.core.inputtransformer2 import TransformerManager
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHAPTERS = sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb"))
 IDS = [p.stem for p in CHAPTERS]
 BADGE = re.compile(

@@ -150,7 +150,7 @@ def test_only_safetensors_is_read(tmp_path):
         GPT.from_gpt2("no-such-model")
 
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def load_by_name_in_a_fresh_process(env_changes, tmp_path):

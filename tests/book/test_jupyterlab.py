@@ -23,7 +23,7 @@ import pytest
 
 pytest.importorskip("jupyterlab", reason="JupyterLab is not installed (pip install -e '.[book]')")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHAPTERS = sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb"))
 START_TIMEOUT = 120  # s: a loaded 2-core machine is slow to import JupyterLab's server extensions
 

@@ -17,7 +17,7 @@ from mini_gpt import course
 
 yaml = pytest.importorskip("yaml", reason="PyYAML comes with jupyter-book (pip install -e '.[book]')")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TOC = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
 
