@@ -1,7 +1,8 @@
 """What every chapter notebook must hold besides its lesson, read from the .ipynb files:
 
 - a first cell with the Colab badge, pointing at the notebook's own path in the course's
-  repository (`mini_gpt.course.REPO`, `BRANCH`), and a numbered title that matches its file name;
+  repository (`mini_gpt.course.REPO`, `BRANCH`), and a title that names its file's topic and
+  carries no number: the book numbers the chapters from `_toc.yml`, so one can be inserted anywhere;
 - a setup cell that installs `mini_gpt` only when it is not importable, and never upgrades
   or reinstalls `torch` or `ipywidgets` (Colab ships its own; ipywidgets 7.7.1 there breaks when
   a notebook upgrades it);
@@ -17,6 +18,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+from book_toc import ROOT, TOC, chapter_files, chapter_paths, chapter_title
 from packaging.requirements import Requirement
 from packaging.version import Version
 
@@ -25,8 +27,7 @@ from mini_gpt import course
 pytest.importorskip("IPython", reason="IPython comes with ipykernel (pip install -e '.[book]')")
 from IPython.core.inputtransformer2 import TransformerManager
 
-ROOT = Path(__file__).resolve().parents[2]
-CHAPTERS = sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb"))
+CHAPTERS = chapter_paths()  # in the book's order
 IDS = [p.stem for p in CHAPTERS]
 BADGE = re.compile(
     r"^\[!\[Open In Colab\]\(https://colab\.research\.google\.com/assets/colab-badge\.svg\)\]"
@@ -49,7 +50,11 @@ def source(cell: dict) -> str:
 
 def test_the_chapters_are_there():
     assert len(CHAPTERS) >= 5
-    assert [int(p.name[:2]) for p in CHAPTERS] == list(range(len(CHAPTERS))), "chapter numbers have a gap"
+    assert all(p.is_file() for p in CHAPTERS), [p.name for p in CHAPTERS if not p.is_file()]
+    on_disk = sorted((ROOT / "chapters").glob("*.ipynb"))
+    assert set(on_disk) == set(CHAPTERS), "every notebook in chapters/ is a chapter of _toc.yml, and no other"
+    numbered = [p.name for p in on_disk if re.match(r"\d", p.name)]
+    assert numbered == [], f"file names carry no number (the book numbers the chapters): {numbered}"
 
 
 # ---------------------------------------------------------------------------- badge and title
@@ -69,11 +74,25 @@ def test_first_cell_is_a_colab_badge_to_this_notebook(path):
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=IDS)
-def test_title_carries_the_chapter_number(path):
+def test_title_carries_no_number_and_names_the_chapter(path):
     headings = [line for line in source(read(path)["cells"][0]).splitlines() if line.startswith("# ")]
-    assert len(headings) == 1, f"the first cell needs one title (# N. ...), found {headings}"
-    m = re.match(r"^# (\d+)\. \S", headings[0])
-    assert m and int(m[1]) == int(path.name[:2]), headings[0]
+    assert len(headings) == 1, f"the first cell needs one title (# Topic: ...), found {headings}"
+    title = chapter_title(path)
+    number = re.match(r"(?:chapter\s*)?\d+[.:)]?\s", title, re.IGNORECASE)  # "3. Blocks", "Chapter 3: Blocks"
+    assert not number, f"the book numbers the chapters; the title carries no number: {title!r}"
+    assert path.stem.replace("_", " ") in title.lower(), f"{title!r} does not name its file's topic ({path.stem})"
+
+
+def test_the_chapter_parts_of_the_toc_are_numbered_and_the_other_parts_are_not():
+    """Numbering counts on across the numbered parts (sphinx-multitoc-numbering), so the first
+    chapter is 1 only when no page before it (setup) is numbered."""
+    for part in TOC["parts"]:
+        files = [entry["file"] for entry in part["chapters"]]
+        if any(f in chapter_files() for f in files):
+            assert part.get("numbered") is True, f"part {part['caption']!r} holds chapters but is not numbered"
+            assert set(files) <= set(chapter_files()), f"part {part['caption']!r} mixes chapters and book pages"
+        else:
+            assert not part.get("numbered"), f"part {part['caption']!r} holds no chapter but is numbered"
 
 
 def test_colab_links_agree_with_the_book_config():
@@ -81,8 +100,8 @@ def test_colab_links_agree_with_the_book_config():
     config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
     assert config["repository"]["url"] == f"https://github.com/{course.REPO}"
     assert config["repository"]["branch"] == course.BRANCH
-    assert course.colab_url("01_causal_masks") == (
-        f"{config['launch_buttons']['colab_url']}/github/{course.REPO}/blob/{course.BRANCH}/chapters/01_causal_masks.ipynb"
+    assert course.colab_url("causal_masks") == (
+        f"{config['launch_buttons']['colab_url']}/github/{course.REPO}/blob/{course.BRANCH}/chapters/causal_masks.ipynb"
     )
 
 
