@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from mini_gpt import GPT, CharTokenizer, GPTConfig, viz
+from mini_gpt.viz.html_export import VIRIDIS_STOPS
 
 pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
 from selenium.webdriver.common.action_chains import ActionChains
@@ -21,8 +22,8 @@ from selenium.webdriver.support.ui import Select
 
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
 PROMPT = "To be, or not to be:\nthat is"
-# the viridis stops of the page's colour scale, as in mini_gpt/viz.py
-STOPS = viz._VIRIDIS_STOPS
+# the viridis stops of the page's colour scale (the page gets them in its JSON data)
+STOPS = VIRIDIS_STOPS
 
 
 @pytest.fixture(scope="module")
