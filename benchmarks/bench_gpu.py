@@ -57,9 +57,9 @@ def decode_rows(new_tokens: int, repeats: int) -> list[dict]:
         for batch in (1, 8):
             idx = torch.randint(0, 50257, (batch, 4), generator=torch.Generator().manual_seed(1)).cuda()
             impls = {
-                "transformers generate": lambda n: hf.generate(idx, attention_mask=torch.ones_like(idx),
-                                                               max_new_tokens=n, do_sample=False),
-                "mini_gpt generate (KV cache)": lambda n: generate(ours, idx, n, do_sample=False),
+                "transformers generate": lambda n, hf=hf, idx=idx: hf.generate(
+                    idx, attention_mask=torch.ones_like(idx), max_new_tokens=n, do_sample=False),
+                "mini_gpt generate (KV cache)": lambda n, ours=ours, idx=idx: generate(ours, idx, n, do_sample=False),
             }
             with torch.inference_mode():
                 for fn in impls.values():
@@ -84,21 +84,20 @@ def decode_rows(new_tokens: int, repeats: int) -> list[dict]:
 
 
 def shakespeare_recipe(max_iters: int):
+    """The data and configs of `mini-gpt train --preset shakespeare-char`, run for `max_iters` steps."""
     from mini_gpt.data import load_dataset
-    from mini_gpt.train import TrainConfig
+    from mini_gpt.recipes import recipe
 
-    data = load_dataset("shakespeare", tokenizer="char")
-    config = GPTConfig.preset("shakespeare-char", vocab_size=data.vocab_size)
-    train_fields = dict(batch_size=32, learning_rate=2e-3, warmup_iters=100, eval_interval=250, eval_iters=20,
-                        weight_decay=0.1, beta2=0.99)
-    train_fields.update(max_iters=max_iters, lr_decay_iters=max_iters)
-    return data, config, TrainConfig, train_fields
+    r = recipe("shakespeare-char")
+    data = load_dataset(r.data, tokenizer=r.tokenizer)
+    fields = {**r.train_dict(), "max_iters": max_iters, "lr_decay_iters": max_iters}
+    return data, r.model_config(vocab_size=data.vocab_size), fields
 
 
 def train_rows(max_iters: int) -> list[dict]:
-    from mini_gpt.train import train
+    from mini_gpt.train import TrainConfig, train
 
-    data, config, TrainConfig, fields = shakespeare_recipe(max_iters)
+    data, config, fields = shakespeare_recipe(max_iters)
     rows = []
     for compile_ in (False, True):
         with tempfile.TemporaryDirectory() as out:

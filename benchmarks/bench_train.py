@@ -32,8 +32,8 @@ import torch.nn.functional as F
 
 from mini_gpt import GPT, GPTConfig
 from mini_gpt.bench import flops_per_token, measure_matmul_peak
-from mini_gpt.cli import TRAIN_PRESETS
 from mini_gpt.data import load_dataset
+from mini_gpt.recipes import recipe as train_recipe
 from mini_gpt.train import TrainConfig, evaluate, resolve_dtype, train
 
 
@@ -124,7 +124,7 @@ def main() -> None:
         rows.append(run("nanogpt-auto", config, auto, data, peak["bf16" if bf16 else "fp32"]))
         print(rows[-1])
     if args.only in (None, "preset"):
-        recipe = {k: v for k, v in TRAIN_PRESETS["shakespeare-char"].items() if k not in ("data", "tokenizer")}
+        recipe = train_recipe("shakespeare-char").train_dict()
         config = GPTConfig.preset("shakespeare-char")
         probe = TrainConfig(**{**recipe, "max_iters": 40, "log_interval": 10, "eval_interval": 1000,
                                "eval_iters": 1, "progress": False, "device": "cpu"})

@@ -25,6 +25,7 @@ from .config import GPTConfig
 from .linear import Linear
 from .masks import apply_mask, causal_mask, offset_causal_mask
 from .rope import RotaryEmbedding
+from .validation import check_choice, check_int
 
 ATTENTION_IMPLS = ("sdpa", "explicit")
 
@@ -42,11 +43,8 @@ class KVCache:
     """
 
     def __init__(self, n_layer: int, max_len: int) -> None:
-        for name, value in (("n_layer", n_layer), ("max_len", max_len)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"KVCache {name} must be a positive int, got {value!r}")
-        self.n_layer = n_layer
-        self.max_len = max_len
+        self.n_layer = check_int("KVCache n_layer", n_layer, min=1)
+        self.max_len = check_int("KVCache max_len", max_len, min=1)
         self.length = 0  # positions filled, in every layer
         self.k: torch.Tensor | None = None  # (n_layer, B, H, max_len, hs) once allocated
         self.v: torch.Tensor | None = None
@@ -164,9 +162,7 @@ class CausalSelfAttention(nn.Module):
 
     @impl.setter
     def impl(self, value: str) -> None:
-        if value not in ATTENTION_IMPLS:
-            raise ValueError(f"impl must be one of {ATTENTION_IMPLS}, got {value!r}")
-        self._impl = value
+        self._impl = check_choice("impl", value, ATTENTION_IMPLS)
 
     def extra_repr(self) -> str:
         return f"n_head={self.n_head}, head_dim={self.head_dim}, impl={self.impl!r}"

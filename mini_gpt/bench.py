@@ -30,9 +30,11 @@ from typing import Any
 
 import torch
 
+from .attention import ATTENTION_IMPLS
 from .config import GPTConfig
 from .loss import autoregressive_loss
 from .model import GPT
+from .validation import check_choice, check_int
 
 # The models compared by default: the course's Shakespeare model and nanoGPT's
 # "baby GPT" for Shakespeare (6 layers, 384 wide, 6 heads, 256 context), both with the
@@ -74,8 +76,11 @@ def time_training_steps(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Time `steps` training steps (after `warmup` untimed ones) of a fresh GPT; one result row."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    check_choice("dtype", dtype, DTYPES)
+    check_choice("attention", attention, ATTENTION_IMPLS)
+    batch_size = check_int("batch_size", batch_size, min=1)
+    steps = check_int("steps", steps, min=1)
+    warmup = check_int("warmup", warmup, min=0)
     device = torch.device(device)
     torch.manual_seed(seed)
     model = GPT(config).to(device).train()
@@ -157,8 +162,12 @@ def run_model_benchmark(
     here and reported; None leaves it). peak_tflops: the device's peak, to report MFU (model
     FLOPs utilisation = achieved / peak). progress: called with each row as it is measured.
     """
-    if steps < 1 or warmup < 0:
-        raise ValueError(f"steps must be >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
+    check_int("steps", steps, min=1)
+    check_int("warmup", warmup, min=0)
+    if batch_size is not None:
+        check_int("batch_size", batch_size, min=1)
+    if threads is not None:
+        check_int("threads", threads, min=1)
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' but CUDA is not available")

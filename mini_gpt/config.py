@@ -10,7 +10,28 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from .validation import Rule, check_settings
+
 POS_ENCODINGS = ("learned", "sinusoidal", "rope")
+
+_SIZE = Rule("int", min=1, what="a positive int (>= 1)")
+
+# What each field may be, checked when a GPTConfig is made; `mini-gpt train` parses its model
+# flags (--n-layer, --dropout, ...) with the same rules. The checks that tie fields together
+# (heads split n_embd evenly, ...) are in `GPTConfig.__post_init__`.
+FIELD_RULES: dict[str, Rule] = {
+    "vocab_size": _SIZE,
+    "block_size": _SIZE,
+    "n_layer": _SIZE,
+    "n_head": _SIZE,
+    "n_embd": _SIZE,
+    "dropout": Rule("number", min=0.0, max=1.0, max_open=True),
+    "bias": Rule("bool"),
+    "pos_encoding": Rule("choice", choices=POS_ENCODINGS),
+    "rope_base": Rule("number", min=1.0, min_open=True),
+    "layer_norm_eps": Rule("number", min=0.0, min_open=True),
+    "activation_checkpointing": Rule("bool"),
+}
 
 
 @dataclass(frozen=True)
@@ -43,29 +64,11 @@ class GPTConfig:
     activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(
-                    f"GPTConfig.{name} must be a positive int, got {type(value).__name__} {value!r}"
-                )
-            if value < 1:
-                raise ValueError(f"GPTConfig.{name} must be a positive int (>= 1), got {value}")
+        check_settings(self, FIELD_RULES)
         if self.n_embd % self.n_head != 0:
             raise ValueError(
                 f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}) "
                 f"so every head gets n_embd // n_head dimensions"
-            )
-        _check_number("dropout", self.dropout)
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
-        for name in ("bias", "activation_checkpointing"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"GPTConfig.{name} must be True or False, got {getattr(self, name)!r}")
-        if self.pos_encoding not in POS_ENCODINGS:
-            raise ValueError(
-                f"GPTConfig.pos_encoding must be one of {', '.join(map(repr, POS_ENCODINGS))}, "
-                f"got {self.pos_encoding!r}"
             )
         if self.pos_encoding == "rope" and self.head_dim % 2 != 0:
             raise ValueError(
@@ -77,12 +80,6 @@ class GPTConfig:
                 f"GPTConfig with pos_encoding='sinusoidal' needs an even n_embd (sin and cos pairs), "
                 f"got {self.n_embd}"
             )
-        _check_number("rope_base", self.rope_base)
-        if self.rope_base <= 1.0:
-            raise ValueError(f"GPTConfig.rope_base must be > 1, got {self.rope_base}")
-        _check_number("layer_norm_eps", self.layer_norm_eps)
-        if self.layer_norm_eps <= 0.0:
-            raise ValueError(f"GPTConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps}")
 
     @property
     def head_dim(self) -> int:
@@ -119,11 +116,6 @@ class GPTConfig:
     @staticmethod
     def preset_names() -> list[str]:
         return list(PRESETS)
-
-
-def _check_number(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"GPTConfig.{name} must be a number, got {type(value).__name__} {value!r}")
 
 
 def _field_names() -> list[str]:

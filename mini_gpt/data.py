@@ -16,6 +16,7 @@ import torch
 
 from .files import course_file
 from .tokenizer import BPETokenizer, CharTokenizer, get_tokenizer
+from .validation import check_int, check_number
 
 Tokenizer = CharTokenizer | BPETokenizer
 
@@ -38,8 +39,7 @@ def split_tokens(tokens: torch.Tensor, val_fraction: float = 0.1) -> tuple[torch
 
     A split in one place (not shuffled windows) keeps validation text unseen in training.
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    check_number("val_fraction", val_fraction, min=0.0, max=1.0, max_open=True)
     n_train = int(len(tokens) * (1.0 - val_fraction))
     return tokens[:n_train], tokens[n_train:]
 
@@ -97,8 +97,7 @@ class BatchStream:
         _check_positive("batch_size", batch_size)
         _check_positive("block_size", block_size)
         _check_positive("world_size", world_size)
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, {world_size - 1}] for world_size {world_size}, got {rank}")
+        check_int("rank", rank, min=0, max=world_size - 1)
         self.tokens, self.batch_size, self.block_size = tokens, batch_size, block_size
         self.seed, self.rank, self.world_size, self.device = int(seed), rank, world_size, device
         self.step = 0  # how many batches this rank has read
@@ -168,5 +167,4 @@ def load_dataset(
 
 
 def _check_positive(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    check_int(name, value, min=1, what="a positive int")

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import torch
 
+from .validation import check_int
+
 
 def _check_length(name: str, value: object) -> int:
-    # bool is an int subclass, but `causal_mask(True)` is surely a mistake
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int (a sequence length), got {value!r}")
-    return value
+    return check_int(name, value, min=1, what="a positive int (a sequence length)")
 
 
 def causal_mask(T: int, device: torch.device | str | None = None) -> torch.Tensor:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .validation import check_int, check_number
+
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     """(x1, x2) -> (-x2, x1) on the two halves of the last dimension: a 90-degree turn per pair."""
@@ -43,14 +45,12 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, max_len: int, base: float = 10000.0) -> None:
         super().__init__()
-        if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 2 or head_dim % 2:
-            raise ValueError(
-                f"head_dim must be a positive even int (RoPE rotates pairs of dimensions), got {head_dim!r}"
-            )
-        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
-            raise ValueError(f"max_len must be a positive int, got {max_len!r}")
-        if isinstance(base, bool) or not isinstance(base, (int, float)) or base <= 1:
-            raise ValueError(f"base must be a number > 1, got {base!r}")
+        even = "a positive even int (RoPE rotates pairs of dimensions)"
+        head_dim = check_int("head_dim", head_dim, min=2, what=even)
+        if head_dim % 2:
+            raise ValueError(f"head_dim must be {even}, got {head_dim}")
+        max_len = check_int("max_len", max_len, min=1)
+        check_number("base", base, min=1.0, min_open=True)
         self.head_dim = head_dim
         self.base = float(base)
         self._build(max_len, device=None)
@@ -99,8 +99,7 @@ class RotaryEmbedding(nn.Module):
             cos = self.cos_cached[position_ids].unsqueeze(1)  # (B, 1, T, hd): broadcast over heads
             sin = self.sin_cached[position_ids].unsqueeze(1)  # (B, 1, T, hd)
         else:
-            if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-                raise ValueError(f"offset must be a non-negative int, got {offset!r}")
+            check_int("offset", offset, min=0)
             self._ensure(offset + T)
             cos = self.cos_cached[offset : offset + T]  # (T, hd)
             sin = self.sin_cached[offset : offset + T]  # (T, hd)

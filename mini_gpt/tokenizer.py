@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .files import course_file
+from .validation import check_choice
 
 
 def _check_ids(ids: Iterable[int], vocab_size: int) -> list[int]:
@@ -95,9 +96,7 @@ class BPETokenizer:
     EOT = "<|endoftext|>"
 
     def __init__(self, name: str = "gpt2"):
-        if name not in self.NAMES:
-            raise ValueError(f"BPETokenizer name must be one of {', '.join(map(repr, self.NAMES))}, got {name!r}")
-        self.name = name
+        self.name = check_choice("BPETokenizer name", name, self.NAMES)
         self._enc = _gpt2_encoding()
         self.eot_token = self._enc.eot_token
 
@@ -150,12 +149,14 @@ def _read_tiktoken_ranks(path: Path) -> dict[bytes, int]:
     return ranks
 
 
+# what `get_tokenizer` (and so `load_dataset` and `mini-gpt train --tokenizer`) accepts
+TOKENIZER_NAMES = ("char", *BPETokenizer.NAMES)
+
+
 def get_tokenizer(name: str, text: str | None = None) -> CharTokenizer | BPETokenizer:
     """'char' (built from `text`) or a BPE name ('gpt2')."""
     if name == "char":
         if text is None:
             raise ValueError("the 'char' tokenizer is built from a text: pass text=")
         return CharTokenizer.from_text(text)
-    if name in BPETokenizer.NAMES:
-        return BPETokenizer(name)
-    raise ValueError(f"tokenizer must be 'char' or one of {', '.join(map(repr, BPETokenizer.NAMES))}, got {name!r}")
+    return BPETokenizer(check_choice("tokenizer", name, TOKENIZER_NAMES))

@@ -32,7 +32,7 @@ def test_n_embd_must_split_into_heads():
 
 @pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5])
 def test_dropout_range(bad):
-    with pytest.raises(ValueError, match=r"GPTConfig\.dropout must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"GPTConfig\.dropout must be a number in \[0, 1\), got "):
         make(dropout=bad)
 
 

@@ -53,7 +53,7 @@ def test_ranks_together_read_what_one_process_reads(tokens):
             assert torch.equal(next(ranks[r])[0], next(alone)[0])
     a, b = next(ranks[0])[0], next(ranks[1])[0]
     assert not torch.equal(a, b)
-    with pytest.raises(ValueError, match=r"rank must be in \[0, 2\]"):
+    with pytest.raises(ValueError, match=r"rank must be an int in \[0, 2\], got 3"):
         BatchStream(tokens, 4, 8, rank=3, world_size=3)
 
 
@@ -62,7 +62,7 @@ def test_bad_arguments(tokens):
         get_batch(tokens, 2, 1000)
     with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
         get_batch(tokens, 0, 8)
-    with pytest.raises(ValueError, match=r"val_fraction must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"val_fraction must be a number in \[0, 1\), got 1.0"):
         split_tokens(tokens, 1.0)
 
 
