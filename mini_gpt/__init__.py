@@ -4,9 +4,9 @@ Data flows one way: text -> tokenizer -> batches -> GPT -> logits -> loss | gene
 """
 
 from .config import GPTConfig
-from .generate import generate, stream
+from .generate import GenerationConfig, generate, stream
 from .model import GPT
 from .tokenizer import BPETokenizer, CharTokenizer
 
-__all__ = ["GPTConfig", "GPT", "CharTokenizer", "BPETokenizer", "generate", "stream"]
+__all__ = ["GPTConfig", "GPT", "CharTokenizer", "BPETokenizer", "GenerationConfig", "generate", "stream"]
 __version__ = "0.1.0"

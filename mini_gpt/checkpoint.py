@@ -7,10 +7,10 @@ A checkpoint is a folder `ckpt-<step>` holding only files that cannot run code w
     state.json          step, configs, data-stream position, Python RNG, optimizer hyper-parameters,
                         and the tokenizer (a CharTokenizer's characters, or a BPE tokenizer's name)
 
-Writes are atomic: everything goes into a hidden temp folder, each file is fsync'ed, the folder is
-renamed to its final name (one atomic step), and the parent is fsync'ed. A crash at any moment
-leaves either the new checkpoint whole or no trace of it, and the previous one untouched. The
-last `keep` checkpoints are kept; `latest_checkpoint` skips any that fail to load.
+Writes are atomic (`atomic.folder_swap`): everything goes into a hidden temp folder, each file is
+fsync'ed, the folder is renamed to its final name (one atomic step), and the parent is fsync'ed.
+A crash at any moment leaves either the new checkpoint whole or no trace of it, and the previous
+one untouched. The last `keep` checkpoints are kept; `latest_checkpoint` skips any that fail to load.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from . import atomic
 from .config import GPTConfig
 from .tokenizer import BPETokenizer, CharTokenizer
 
@@ -77,57 +77,34 @@ def save_checkpoint(
     """Write `out_dir/ckpt-<step>` atomically and keep only the newest `keep` checkpoints."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob(".tmp-ckpt-*"):  # left by a save that crashed (one writer: rank 0)
-        shutil.rmtree(stale, ignore_errors=True)
+    atomic.remove_leftovers(out_dir, "ckpt-")  # left by a save that crashed (one writer: rank 0)
     final = out_dir / f"ckpt-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".tmp-ckpt-"))
     try:
-        weights = {k: v.detach().contiguous().cpu() for k, v in _plain_state_dict(model).items()}
-        _write(tmp / "model.safetensors", lambda p: save_file(weights, p, metadata={"format": "mini_gpt"}))
-        optim_tensors, optim_meta = _flatten_optimizer(optimizer) if optimizer is not None else ({}, None)
-        optim_tensors.update(_rng_tensors())
-        _write(tmp / "optim.safetensors", lambda p: save_file(optim_tensors, p))
-        state = {
-            "format_version": FORMAT_VERSION,
-            "step": step,
-            "model_config": model_config.to_dict(),
-            "optimizer": optim_meta,
-            "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
-            "python_rng": _python_rng_to_json(random.getstate()),
-            "tokenizer": _tokenizer_to_json(tokenizer),
-            **(extra or {}),
-        }
-        _write(tmp / "state.json", lambda p: Path(p).write_text(json.dumps(state, indent=1)))
-        _fsync_dir(tmp)
-        if final.exists():  # re-saving the same step: move the old one out of the way first
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(out_dir)
+        with atomic.folder_swap(final) as tmp:
+            weights = {k: v.detach().contiguous().cpu() for k, v in _plain_state_dict(model).items()}
+            atomic.write_durably(tmp / "model.safetensors",
+                                 lambda p: save_file(weights, str(p), metadata={"format": "mini_gpt"}))
+            optim_tensors, optim_meta = _flatten_optimizer(optimizer) if optimizer is not None else ({}, None)
+            optim_tensors.update(_rng_tensors())
+            atomic.write_durably(tmp / "optim.safetensors", lambda p: save_file(optim_tensors, str(p)))
+            state = {
+                "format_version": FORMAT_VERSION,
+                "step": step,
+                "model_config": model_config.to_dict(),
+                "optimizer": optim_meta,
+                "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+                "python_rng": _python_rng_to_json(random.getstate()),
+                "tokenizer": _tokenizer_to_json(tokenizer),
+                **(extra or {}),
+            }
+            atomic.write_durably(tmp / "state.json", lambda p: p.write_text(json.dumps(state, indent=1)))
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(
             f"could not write checkpoint {final}: {exc.strerror or exc}; the previous checkpoint is untouched"
         ) from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in list_checkpoints(out_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def _write(path: Path, writer) -> None:
-    writer(str(path))
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from . import files
-
-# What `mini-gpt train --preset NAME` trains on and how. The architecture is GPTConfig.preset(NAME).
-# shakespeare-char is sized for a 2-core CPU: see the time-to-loss table of `mini-gpt bench`.
-TRAIN_PRESETS: dict[str, dict] = {
-    "shakespeare-char": dict(
-        data="shakespeare", tokenizer="char", batch_size=32, max_iters=2000, learning_rate=2e-3,
-        warmup_iters=100, eval_interval=250, eval_iters=20, weight_decay=0.1, beta2=0.99,
-    ),
-    "gpt2": dict(
-        data="shakespeare", tokenizer="gpt2", batch_size=8, block_size=1024, grad_accum=8, max_iters=5000,
-        learning_rate=6e-4, warmup_iters=200, eval_interval=250, eval_iters=20, beta2=0.95,
-    ),
-}
-TRAIN_PRESETS["gpt2-medium"] = {**TRAIN_PRESETS["gpt2"], "learning_rate": 3e-4, "batch_size": 4, "grad_accum": 16}
+from .validation import Rule
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,83 +18,104 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _int_at_least(lo: int, what: str):
-    def parse(text: str) -> int:
+def _flag_type(rule: Rule):
+    """argparse's `type=` for a flag whose values follow `rule`: the text is read as the rule's
+    kind and then checked by the rule itself, so a flag accepts exactly what the config field it
+    sets accepts, and says so in the same words ("argument --lr: must be a number > 0, got '-1'")."""
+    read = {"int": int, "number": float}.get(rule.kind, str)
+
+    def parse(text: str):
         try:
-            value = int(text)
-        except ValueError:
-            value = lo - 1
-        if value < lo:
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
-        return value
+            return rule.check("value", read(text))
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"must be {rule.describe()}, got {text!r}") from None
 
     return parse
 
 
-_positive_int = _int_at_least(1, "a positive integer")
-_non_negative_int = _int_at_least(0, "an integer >= 0")
-
-
-def _float_in(lo: float, hi: float, lo_open: bool = False, hi_open: bool = True):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-        ok_lo = value > lo if lo_open else value >= lo
-        ok_hi = value < hi if hi_open else value <= hi
-        if not (ok_lo and ok_hi):
-            rng = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-            raise argparse.ArgumentTypeError(f"must be in {rng}, got {text!r}")
-        return value
-
-    return parse
+_positive_int = _flag_type(Rule("int", min=1))
+_non_negative_int = _flag_type(Rule("int", min=0))
 
 
 # ---------------------------------------------------------------------------------------------
 # train
 
 
+# TrainConfig fields whose flag is not spelled like the field. Every other field `some_name` is
+# `--some-name`, and a bool field that is on by default is turned off by `--no-some-name`.
+_TRAIN_FLAG_NAMES = {"learning_rate": "lr", "out_dir": "out"}
+# the GPTConfig fields `mini-gpt train` can change (--block-size is TrainConfig's; it sets both)
+_MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "dropout")
+
+
+def _add_train_flags(t: argparse.ArgumentParser) -> None:
+    """The recipe's flags, the model's, then one flag per TrainConfig field, made from the field's
+    rule and help: unset, each one takes the recipe's value, else TrainConfig's default."""
+    from .config import FIELD_RULES
+    from .recipes import RECIPES
+    from .tokenizer import TOKENIZER_NAMES
+    from .train import TrainConfig
+
+    t.add_argument("--preset", default="shakespeare-char", choices=list(RECIPES),
+                   help="the recipe: model, data and training (listed below; default: shakespeare-char)")
+    t.add_argument("--data", help="'shakespeare' or the path of a UTF-8 text file (default: the preset's)")
+    t.add_argument("--tokenizer", choices=TOKENIZER_NAMES, help="default: the preset's")
+    for name in _MODEL_FLAGS:
+        rule = FIELD_RULES[name]
+        t.add_argument("--" + name.replace("_", "-"), dest=name, metavar=name.upper(), type=_flag_type(rule),
+                       help=f"the model's {name}, {rule.describe()} (default: the preset's)")
+    for f in dataclasses.fields(TrainConfig):
+        rule, text = f.metadata["rule"], f.metadata["help"]
+        flag = _TRAIN_FLAG_NAMES.get(f.name, f.name.replace("_", "-"))
+        if rule.kind == "bool":
+            on = f.default is not True
+            t.add_argument(f"--{flag}" if on else f"--no-{flag}", dest=f.name, default=None,
+                           action="store_true" if on else "store_false", help=text if on else f"no {text}")
+        elif rule.kind == "choice":
+            t.add_argument(f"--{flag}", dest=f.name, choices=rule.choices, help=text)
+        else:
+            allowed = "" if rule.kind == "str" and rule.what is None else f" ({rule.describe()})"
+            t.add_argument(f"--{flag}", dest=f.name, metavar=flag.upper().replace("-", "_"), type=_flag_type(rule),
+                           required=f.name == "out_dir", help=text + allowed)
+
+
+def _recipes_epilog() -> str:
+    from .recipes import RECIPES
+
+    width = max(map(len, RECIPES))
+    return "presets:\n" + "\n".join(f"  {name:<{width}}  {r.description}" for name, r in RECIPES.items())
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoint import latest_checkpoint, list_checkpoints
-    from .config import GPTConfig
     from .data import load_dataset
     from .model import GPT
+    from .recipes import recipe
     from .train import TrainConfig, resolve_device, seed_everything, setup_distributed, train
 
-    recipe = dict(TRAIN_PRESETS.get(args.preset, TRAIN_PRESETS["gpt2"]))
-    data_source = args.data or recipe["data"]
-    tokenizer = args.tokenizer or recipe["tokenizer"]
-    del recipe["data"], recipe["tokenizer"]
-    # the schedule's length is the preset's run length, so --max-iters only says where to stop
-    recipe["lr_decay_iters"] = recipe["max_iters"]
-    out = Path(args.out)
-    overrides = {
-        "batch_size": args.batch_size, "block_size": args.block_size, "max_iters": args.max_iters,
-        "lr_decay_iters": args.lr_decay_iters, "warmup_iters": args.warmup_iters, "learning_rate": args.lr,
-        "min_lr": args.min_lr, "eval_interval": args.eval_interval, "eval_iters": args.eval_iters,
-        "grad_accum": args.grad_accum, "device": args.device, "dtype": args.dtype, "seed": args.seed,
-        "log_interval": args.log_interval,
-    }
-    tc = {**recipe, **{k: v for k, v in overrides.items() if v is not None}}
-    tc.update(out_dir=str(out), compile=args.compile, resume=args.resume, progress=not args.no_progress)
-
+    chosen = recipe(args.preset)
+    settings = chosen.train_dict()
+    # the schedule's length is the recipe's run length, so --max-iters only says where to stop
+    settings.setdefault("lr_decay_iters", settings.get("max_iters", TrainConfig().max_iters))
+    for f in dataclasses.fields(TrainConfig):
+        if getattr(args, f.name) is not None:
+            settings[f.name] = getattr(args, f.name)
+    out = Path(args.out_dir)
+    data_source = args.data or chosen.data
     try:
-        seed_everything(tc.get("seed", 1337))
-        data = load_dataset(data_source, tokenizer)
-        if args.resume and list_checkpoints(out):
+        cfg = TrainConfig(**settings)  # before the data is read: a bad combination fails at once
+        seed_everything(cfg.seed)
+        data = load_dataset(data_source, args.tokenizer or chosen.tokenizer)
+        if cfg.resume and list_checkpoints(out):
             model_config = latest_checkpoint(out).model_config
         else:
-            arch = {"n_layer": args.n_layer, "n_head": args.n_head, "n_embd": args.n_embd, "dropout": args.dropout}
-            model_config = GPTConfig.preset(
-                args.preset, vocab_size=data.vocab_size,
-                block_size=tc.get("block_size") or GPTConfig.preset(args.preset).block_size,
-                **{k: v for k, v in arch.items() if v is not None},
+            arch = {name: getattr(args, name) for name in _MODEL_FLAGS if getattr(args, name) is not None}
+            model_config = chosen.model_config(
+                vocab_size=data.vocab_size, block_size=cfg.block_size or chosen.model_dict()["block_size"], **arch
             )
-        cfg = TrainConfig(**tc)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"mini-gpt train: error: {exc}", file=sys.stderr)
         return 2
     with torch.device("cpu"):
@@ -175,27 +184,28 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_sample(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError, load_model
+    from .generate import GenerationConfig
     from .train import resolve_device
 
     try:
+        config = GenerationConfig(
+            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+            repetition_penalty=args.repetition_penalty, num_beams=args.num_beams, seed=args.seed,
+            # beam search is deterministic: --num-beams implies --greedy
+            do_sample=not args.greedy and args.num_beams == 1,
+        )
         device = resolve_device(args.device)
         model, tokenizer = load_model(args.ckpt, device)
     except (CheckpointError, ValueError) as exc:
         print(f"mini-gpt sample: error: {exc}", file=sys.stderr)
         return 2
-    options = dict(
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-        repetition_penalty=args.repetition_penalty, num_beams=args.num_beams, seed=args.seed,
-        # beam search is deterministic: --num-beams implies --greedy
-        do_sample=not args.greedy and args.num_beams == 1,
-    )
     if args.interactive:
-        return _sample_interactive(model, tokenizer, options, args)
+        return _sample_interactive(model, tokenizer, config, args)
     try:
         ids = tokenizer.encode(args.prompt)
         if not ids:
             raise ValueError("--prompt must not be empty")
-        _sample_one(model, tokenizer, args.prompt, ids, options, args)
+        _sample_one(model, tokenizer, args.prompt, ids, config, args)
     except ValueError as exc:
         print(f"mini-gpt sample: error: {exc}", file=sys.stderr)
         return 2
@@ -206,11 +216,11 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sample_one(model, tokenizer, text: str, ids: list[int], options: dict, args: argparse.Namespace) -> None:
+def _sample_one(model, tokenizer, text: str, ids: list[int], config, args: argparse.Namespace) -> None:
     """Print the top --show-probs next tokens (if asked), then the prompt and its continuation as it comes."""
     from .generate import next_token_logits, stream
 
-    tokens = stream(model, [ids], args.max_new_tokens, **options)  # bad options raise here, before printing
+    tokens = stream(model, [ids], args.max_new_tokens, config=config)  # bad ids raise here, before printing
     if args.show_probs:
         probs = next_token_logits(model, [ids])[0].softmax(-1)  # (V,): the model's own, temperature 1
         top = probs.topk(min(args.show_probs, probs.numel()))
@@ -240,7 +250,7 @@ def _text_pieces(ids, tokenizer):
         yield tokenizer.decode(pending)
 
 
-def _sample_interactive(model, tokenizer, options: dict, args: argparse.Namespace) -> int:
+def _sample_interactive(model, tokenizer, config, args: argparse.Namespace) -> int:
     """A prompt loop: each line typed is continued (a fresh prompt each time); :q, EOF or Ctrl-D quit."""
     prompt = "> " if sys.stdin.isatty() else ""
     print("type a prompt and press Enter; Ctrl-C stops a continuation; :q or Ctrl-D quits", file=sys.stderr)
@@ -259,7 +269,7 @@ def _sample_interactive(model, tokenizer, options: dict, args: argparse.Namespac
         if not text:
             continue
         try:
-            _sample_one(model, tokenizer, text, tokenizer.encode(text), options, args)
+            _sample_one(model, tokenizer, text, tokenizer.encode(text), config, args)
         except ValueError as exc:  # e.g. a character the tokenizer does not know
             print(f"error: {exc}", file=sys.stderr)
             continue
@@ -284,37 +294,16 @@ def _cmd_files(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import PRESETS
-
     parser = _Parser(prog="mini-gpt", description="Train, evaluate, sample and measure mini_gpt models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    t = sub.add_parser("train", help="train a model (Tiny Shakespeare by default); --resume continues a run")
-    t.add_argument("--preset", default="shakespeare-char", choices=list(PRESETS), help="model size and recipe")
-    t.add_argument("--out", required=True, help="folder for checkpoints, metrics.jsonl and loss_curve.png")
-    t.add_argument("--resume", action="store_true", help="continue exactly from the newest checkpoint in --out")
-    t.add_argument("--data", help="'shakespeare' (default) or the path of a UTF-8 text file")
-    t.add_argument("--tokenizer", choices=["char", "gpt2"], help="default: the preset's")
-    t.add_argument("--batch-size", type=_positive_int)
-    t.add_argument("--block-size", type=_positive_int)
-    t.add_argument("--n-layer", type=_positive_int)
-    t.add_argument("--n-head", type=_positive_int)
-    t.add_argument("--n-embd", type=_positive_int)
-    t.add_argument("--dropout", type=_float_in(0.0, 1.0))
-    t.add_argument("--lr", type=_float_in(0.0, 1.0, lo_open=True), help="peak learning rate")
-    t.add_argument("--min-lr", type=_float_in(0.0, 1.0), help="floor of the cosine (default lr/10)")
-    t.add_argument("--max-iters", type=_positive_int, help="where this run stops")
-    t.add_argument("--lr-decay-iters", type=_positive_int, help="length of the schedule (default: the preset's)")
-    t.add_argument("--warmup-iters", type=_non_negative_int)
-    t.add_argument("--eval-interval", type=_positive_int)
-    t.add_argument("--eval-iters", type=_positive_int)
-    t.add_argument("--log-interval", type=_positive_int)
-    t.add_argument("--grad-accum", type=_positive_int)
-    t.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    t.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
-    t.add_argument("--compile", action="store_true", help="torch.compile the model")
-    t.add_argument("--seed", type=_non_negative_int)
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t = sub.add_parser("train", help="train a model (Tiny Shakespeare by default); --resume continues a run",
+                       description="Train a model from a recipe (--preset). A flag left out takes the preset's\n"
+                                   "value, else TrainConfig's default. --max-iters only says where this run\n"
+                                   "stops: the schedule's length is --lr-decay-iters, by default the preset's\n"
+                                   "max_iters, so stopping and resuming never changes it.",
+                       epilog=_recipes_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_train_flags(t)
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("eval", help="loss, perplexity and next-token accuracy of a checkpoint")
@@ -332,14 +321,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ckpt", required=True, help="a checkpoint folder or a training --out folder")
     s.add_argument("--prompt", default="\n")
     s.add_argument("--max-new-tokens", type=_positive_int, default=500)
-    s.add_argument("--temperature", type=_float_in(0.0, float("inf"), lo_open=True), default=0.8,
+    s.add_argument("--temperature", type=_flag_type(Rule("number", min=0.0, min_open=True)), default=0.8,
                    help="< 1 sharper, > 1 flatter (sampling only)")
     s.add_argument("--top-k", type=_positive_int, help="sample from the K most likely tokens")
-    s.add_argument("--top-p", type=_float_in(0.0, 1.0, lo_open=True, hi_open=False),
+    s.add_argument("--top-p", type=_flag_type(Rule("number", min=0.0, max=1.0, min_open=True)),
                    help="sample from the smallest set of tokens whose probability reaches P")
-    s.add_argument("--min-p", type=_float_in(0.0, 1.0),
+    s.add_argument("--min-p", type=_flag_type(Rule("number", min=0.0, max=1.0, max_open=True)),
                    help="sample from tokens at least P times as likely as the most likely one")
-    s.add_argument("--repetition-penalty", type=_float_in(0.0, float("inf"), lo_open=True), default=1.0,
+    s.add_argument("--repetition-penalty", type=_flag_type(Rule("number", min=0.0, min_open=True)), default=1.0,
                    help="> 1 makes tokens already in the text less likely (1 = off)")
     s.add_argument("--num-beams", type=_positive_int, default=1,
                    help="beam search with N beams (deterministic; the text comes at the end)")

@@ -14,13 +14,13 @@ returned: a bad download is deleted, a bad cached copy is replaced, and a bad fi
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from . import atomic
 
 DATA_ENV = "MINI_GPT_DATA"
 CACHE_ENV = "MINI_GPT_CACHE"
@@ -78,11 +78,8 @@ def cache_dir() -> Path:
 
 
 def sha256_of(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """The hex sha256 of a file (what `FILES` records)."""
+    return atomic.sha256_file(path)
 
 
 def course_file(name: str, *, download: bool | None = None, timeout: float = 30.0) -> Path:
@@ -130,20 +127,17 @@ def _verify(path: Path, spec: CourseFile, where: str) -> None:
 
 
 def _download(spec: CourseFile, dest: Path, timeout: float) -> None:
-    """Download into a temp file beside `dest`, check sha256, then rename (atomic)."""
+    """Download into a temp file beside `dest`, check sha256, then rename (atomic): a failed or
+    bad download leaves nothing behind."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(spec.url, timeout=timeout) as resp:
+
+    def fetch(tmp: Path) -> None:
+        with open(tmp, "wb") as out, urllib.request.urlopen(spec.url, timeout=timeout) as resp:
             for chunk in iter(lambda: resp.read(1 << 16), b""):
                 out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        _verify(Path(tmp), spec, where=f"downloaded from {spec.url}")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _verify(tmp, spec, where=f"downloaded from {spec.url}")
+
+    atomic.write_with(dest, fetch)
 
 
 def _missing_message(spec: CourseFile, data_dir: str | None, reason: str) -> str:

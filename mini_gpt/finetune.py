@@ -22,6 +22,7 @@ can change what attention gathers, gets much further (benchmarks/bench_finetune.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import re
@@ -42,12 +43,12 @@ from .tokenizer import CharTokenizer
 from .train import (
     TrainConfig,
     TrainResult,
-    _attention_impl,
+    attention_for_training,
     autocast_context,
     configure_optimizer,
-    lr_at,
     resolve_device,
     resolve_dtype,
+    train_step,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -57,24 +58,10 @@ from .train import (
 def final_hidden_states(gpt: GPT, idx: torch.Tensor) -> torch.Tensor:
     """Token ids (B, T) -> the GPT's last hidden states (B, T, C): ln_f's output, what lm_head reads.
 
-    GPT.forward returns only logits. Rather than repeat its body here (embeddings, three kinds of
-    positions, the blocks), we run it and catch lm_head's input with a forward pre-hook. The hook
-    then hands lm_head an empty slice, (B, 0, C), so the vocabulary projection (50257 columns for
-    GPT-2) costs nothing: a classifier does not need logits.
+    `GPT.hidden_states` is the GPT without its head, so the vocabulary projection (50257 columns
+    for GPT-2) is never computed: a classifier does not need logits.
     """
-    captured: list[torch.Tensor] = []
-
-    def grab(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        (x,) = args  # (B, T, C)
-        captured.append(x)
-        return (x[:, :0],)  # (B, 0, C)
-
-    handle = gpt.lm_head.register_forward_pre_hook(grab)
-    try:
-        gpt(idx)
-    finally:
-        handle.remove()
-    return captured[0]
+    return gpt.hidden_states(idx)  # (B, T, C)
 
 
 class GPTClassifier(nn.Module):
@@ -123,7 +110,7 @@ class GPTClassifier(nn.Module):
                     f"every row needs 1 to T={T} real tokens; got lengths from {lo} to {hi} "
                     f"(a row of nothing but pad_token_id={self.pad_token_id}?)"
                 )
-        h = final_hidden_states(self.gpt, idx)  # (B, T, C)
+        h = self.gpt.hidden_states(idx)  # (B, T, C)
         last = h[torch.arange(B, device=idx.device), lengths - 1]  # (B, C)
         return self.head(last)  # (B, num_classes)
 
@@ -468,13 +455,13 @@ def _batch(data: LabeledTexts, rows: torch.Tensor, device: torch.device):
 def finetune(model: GPTClassifier, task: ClassificationTask, cfg: TrainConfig) -> TrainResult:
     """Train the classifier's trainable parameters on task.train; evaluate on task.val.
 
-    The pieces are those of `train.train`: AdamW on the parameters with requires_grad only
-    (`configure_optimizer`), warmup + cosine learning rate (`lr_at`), gradient clipping, bf16 or
-    float32 (`autocast_context`), a tqdm bar, and `cfg.seed` for the order of the examples (an
-    epoch is a shuffle of the train split). Uses batch_size, max_iters, lr_decay_iters,
-    learning_rate, min_lr, warmup_iters, weight_decay, beta1, beta2, grad_clip, grad_accum,
-    eval_interval, log_interval, device, dtype, compile, seed and progress; there are no
-    checkpoints (out_dir, resume): keep the result with `save_lora(model, path, include=("head",))`.
+    Each step is `train.train_step`, the step of `train.train`: AdamW on the parameters with
+    requires_grad only (`configure_optimizer`), warmup + cosine learning rate, gradient
+    accumulation, clipping, bf16 or float32; around it a tqdm bar, and `cfg.seed` for the order of
+    the examples (an epoch is a shuffle of the train split). Uses batch_size, max_iters,
+    lr_decay_iters, learning_rate, min_lr, warmup_iters, weight_decay, beta1, beta2, grad_clip,
+    grad_accum, eval_interval, log_interval, device, dtype, compile, seed and progress; there are
+    no checkpoints (out_dir, resume): keep the result with `save_lora(model, path, include=("head",))`.
     Returns the metrics: {"step", "train_loss", "lr"} every log_interval steps, plus
     "val_loss", "val_accuracy", "val_macro_f1" every eval_interval steps and at the end.
     """
@@ -489,39 +476,22 @@ def finetune(model: GPTClassifier, task: ClassificationTask, cfg: TrainConfig) -
     dtype = resolve_dtype(cfg.dtype, device)
     model.to(device)
     model.train()
-    impl_before = _attention_impl(model)
-    if device.type == "cpu" and dtype == torch.bfloat16 and impl_before is not None:
-        model.gpt.set_attention_impl("explicit")  # faster than fused attention in bf16 on CPU (see train.py)
     optimizer = configure_optimizer(model, cfg, device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16))  # float16 only, as in train.py
-    trainable = [p for p in model.parameters() if p.requires_grad]
     run_model = torch.compile(model) if cfg.compile else model
     torch.manual_seed(cfg.seed)  # dropout masks
     order = _shuffled_batches(len(task.train), cfg.batch_size, cfg.seed)
 
+    def micro_batch_loss() -> torch.Tensor:
+        x, lengths, y = _batch(task.train, next(order), device)
+        return F.cross_entropy(run_model(x, lengths).float(), y)  # logits (B, K)
+
     history: list[dict[str, Any]] = []
     bar = tqdm(total=cfg.max_iters, desc="finetune", unit="step", disable=not cfg.progress)
-    try:
+    with attention_for_training(model, device, dtype), contextlib.closing(bar):
         for step in range(1, cfg.max_iters + 1):
-            lr = lr_at(step - 1, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = 0.0
-            for _ in range(cfg.grad_accum):
-                x, lengths, y = _batch(task.train, next(order), device)
-                with autocast_context(device, dtype):
-                    logits = run_model(x, lengths)  # (B, K)
-                loss = F.cross_entropy(logits.float(), y) / cfg.grad_accum
-                scaler.scale(loss).backward()
-                loss_sum += loss.item()
-            if not math.isfinite(loss_sum):
-                raise FloatingPointError(f"training loss is {loss_sum} at step {step}; try a lower learning rate")
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            loss_sum, lr = train_step(step - 1, micro_batch_loss, model=model, optimizer=optimizer, scaler=scaler,
+                                      cfg=cfg, device=device, dtype=dtype)
             bar.update(1)
 
             record: dict[str, Any] | None = None
@@ -537,10 +507,6 @@ def finetune(model: GPTClassifier, task: ClassificationTask, cfg: TrainConfig) -
                               f"val accuracy {val['accuracy']:.3f}")
             if record is not None:
                 history.append(record)
-    finally:
-        bar.close()
-        if impl_before is not None:
-            model.gpt.set_attention_impl(impl_before)
     return TrainResult(step=cfg.max_iters, history=history)
 
 

@@ -4,6 +4,8 @@
 
 `generate` returns the prompt followed by the new tokens, (B, T + new), as nanoGPT and
 `transformers` do; `stream` yields the new tokens (B,) one step at a time, as they are made.
+Both take the decoding options below as keywords, or all at once as a `GenerationConfig`
+(`generate(model, idx, 50, config=GenerationConfig(top_k=40))`; keywords override it).
 
 Choosing the next token ("decoding") is where the strategies differ:
 
@@ -40,13 +42,100 @@ RoPE positions have no such limit.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from .attention import KVCache
+from .validation import check_bool, check_int, check_number
+
+# ---------------------------------------------------------------------------------------------
+# The options, checked once when they are made
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How `generate` and `stream` choose each next token: every decoding option, checked here,
+    once, when the config is made (a bad one raises naming it). Frozen: `replace(...)` derives one.
+    `generate` checks what depends on the model: token ids within its vocabulary, strict's context.
+
+    do_sample: False = greedy (or beam search with num_beams > 1); the next four shape sampling only.
+    temperature (> 0), top_k (>= 1), top_p (in (0, 1]), min_p (in [0, 1)): see the module notes;
+        None turns a filter off.
+    repetition_penalty: > 0; 1.0 = off, > 1 discourages repeating tokens.
+    num_beams, length_penalty, early_stopping (True, False or "never"): beam search, as in `transformers`.
+    use_cache: feed only the new token each step (False recomputes the whole context: slower, same tokens).
+    eos_token_id: a sequence that produces it is finished and pads from then on (with pad_token_id,
+        default eos_token_id, else 0); generation stops once all are finished.
+    seed: sample from a generator of our own seeded with it (same seed -> same text); the global RNG
+        is left untouched. None: use the global RNG.
+    strict: with learned positions, raise ValueError instead of sliding the window when the prompt +
+        new tokens outgrow block_size.
+    """
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float = 1.0
+    do_sample: bool = True
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
+    use_cache: bool = True
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+    seed: int | None = None
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        def keep(name: str, value: Any) -> None:  # frozen: store the checked value (a plain int/float/bool)
+            object.__setattr__(self, name, value)
+
+        for name in ("do_sample", "use_cache", "strict"):
+            keep(name, check_bool(name, getattr(self, name)))
+        if self.do_sample:
+            when = "a finite number > 0 when sampling (do_sample=True; for greedy decoding pass do_sample=False)"
+            keep("temperature", check_number("temperature", self.temperature, min=0, min_open=True, what=when))
+        else:
+            keep("temperature", check_number("temperature", self.temperature, finite=False))
+        if self.top_k is not None:
+            keep("top_k", check_int("top_k", self.top_k, min=1, what="an int >= 1 or None"))
+        if self.top_p is not None:
+            keep("top_p", check_number("top_p", self.top_p, min=0, min_open=True, max=1, what="in (0, 1] or None"))
+        if self.min_p is not None:
+            keep("min_p", check_number("min_p", self.min_p, min=0, max=1, max_open=True, what="in [0, 1) or None"))
+        keep("repetition_penalty", check_number("repetition_penalty", self.repetition_penalty, min=0, min_open=True,
+                                                what="a finite number > 0 (1.0 = no penalty)"))
+        keep("num_beams", check_int("num_beams", self.num_beams, min=1))
+        if self.num_beams > 1 and self.do_sample:
+            raise ValueError(f"num_beams={self.num_beams} with do_sample=True (beam sampling) is not supported; "
+                             f"pass do_sample=False for beam search")
+        keep("length_penalty", check_number("length_penalty", self.length_penalty, what="a finite number"))
+        if not (isinstance(self.early_stopping, bool) or self.early_stopping == "never"):
+            raise ValueError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
+        for name in ("eos_token_id", "pad_token_id", "seed"):  # the range of a token id is the model's
+            value = getattr(self, name)
+            what = "an int or None" if name == "seed" else "None or an int (a token id)"
+            keep(name, None if value is None else check_int(name, value, what=what))
+
+    def replace(self, **changes: Any) -> GenerationConfig:
+        """A copy with some options changed (checked again)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def fill_token_id(self) -> int:
+        """The id that pads prompts and finished sequences: pad_token_id, else eos_token_id, else 0."""
+        return next((t for t in (self.pad_token_id, self.eos_token_id) if t is not None), 0)
+
+
+OPTIONS = tuple(f.name for f in dataclasses.fields(GenerationConfig))  # the keywords generate/stream take
 
 # ---------------------------------------------------------------------------------------------
 # Filters: each takes logits (B, V) and returns them with the tokens it rules out set to -inf
@@ -222,99 +311,45 @@ def _seen_tokens(tokens: torch.Tensor, mask: torch.Tensor | None, vocab_size: in
 
 
 # ---------------------------------------------------------------------------------------------
-# Checking the arguments, where the user called
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _check_args(model, max_new_tokens, o: dict) -> None:
-    V = model.config.vocab_size
-    if not _is_int(max_new_tokens) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-    if not isinstance(o["do_sample"], bool):
-        raise ValueError(f"do_sample must be True or False, got {o['do_sample']!r}")
-    t = o["temperature"]
-    if not _is_number(t) or (o["do_sample"] and not (t > 0 and math.isfinite(t))):
-        raise ValueError(
-            f"temperature must be a finite number > 0 when sampling (do_sample=True), got {t!r}; "
-            f"for greedy decoding pass do_sample=False"
-        )
-    if o["top_k"] is not None and (not _is_int(o["top_k"]) or o["top_k"] < 1):
-        raise ValueError(f"top_k must be an int >= 1 or None, got {o['top_k']!r}")
-    if o["top_p"] is not None and (not _is_number(o["top_p"]) or not 0 < o["top_p"] <= 1):
-        raise ValueError(f"top_p must be in (0, 1] or None, got {o['top_p']!r}")
-    if o["min_p"] is not None and (not _is_number(o["min_p"]) or not 0 <= o["min_p"] < 1):
-        raise ValueError(f"min_p must be in [0, 1) or None, got {o['min_p']!r}")
-    rp = o["repetition_penalty"]
-    if not _is_number(rp) or not (rp > 0 and math.isfinite(rp)):
-        raise ValueError(f"repetition_penalty must be a finite number > 0 (1.0 = no penalty), got {rp!r}")
-    nb = o["num_beams"]
-    if not _is_int(nb) or nb < 1:
-        raise ValueError(f"num_beams must be an int >= 1, got {nb!r}")
-    if nb > 1 and o["do_sample"]:
-        raise ValueError(
-            f"num_beams={nb} with do_sample=True (beam sampling) is not supported; "
-            f"pass do_sample=False for beam search"
-        )
-    if not _is_number(o["length_penalty"]) or not math.isfinite(o["length_penalty"]):
-        raise ValueError(f"length_penalty must be a finite number, got {o['length_penalty']!r}")
-    if o["early_stopping"] not in (True, False, "never"):
-        raise ValueError(f"early_stopping must be True, False or 'never', got {o['early_stopping']!r}")
-    for name in ("eos_token_id", "pad_token_id"):
-        tok = o[name]
-        if tok is not None and (not _is_int(tok) or not 0 <= tok < V):
-            raise ValueError(f"{name} must be None or an int in [0, {V - 1}] (the model's vocabulary), got {tok!r}")
-    if o["seed"] is not None and not _is_int(o["seed"]):
-        raise ValueError(f"seed must be an int or None, got {o['seed']!r}")
-    if not isinstance(o["use_cache"], bool) or not isinstance(o["strict"], bool):
-        raise ValueError("use_cache and strict must be True or False")
-
-
-# ---------------------------------------------------------------------------------------------
 # Greedy and sampling
 
 
-def _next_token(logits: torch.Tensor, o: dict, generator: torch.Generator | None) -> torch.Tensor:
+def _next_token(logits: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:
     """Logits (B, V) -> the chosen token ids (B,)."""
-    if not o["do_sample"]:
+    if not config.do_sample:
         return logits.argmax(-1)  # (B,)
-    if o["temperature"] != 1.0:
-        logits = logits / o["temperature"]
-    if o["top_k"] is not None:
-        logits = top_k_filter(logits, o["top_k"])
-    if o["top_p"] is not None:
-        logits = top_p_filter(logits, o["top_p"])
-    if o["min_p"] is not None:
-        logits = min_p_filter(logits, o["min_p"])
+    if config.temperature != 1.0:
+        logits = logits / config.temperature
+    if config.top_k is not None:
+        logits = top_k_filter(logits, config.top_k)
+    if config.top_p is not None:
+        logits = top_p_filter(logits, config.top_p)
+    if config.min_p is not None:
+        logits = min_p_filter(logits, config.min_p)
     probs = logits.softmax(-1)  # (B, V)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
 
 
 @torch.inference_mode()  # torch enters/leaves the mode around each step of a generator
-def _decode(model, tokens: torch.Tensor, mask: torch.Tensor | None, prompt_len: int, o: dict) -> Iterator[torch.Tensor]:
+def _decode(model, tokens: torch.Tensor, mask: torch.Tensor | None, prompt_len: int, config: GenerationConfig,
+            window: int | None) -> Iterator[torch.Tensor]:
     """Greedy or sampled decoding into `tokens` (B, T + max_new_tokens); yields each new column (B,)."""
     T, total = prompt_len, tokens.size(1)
-    feeder = _Feeder(model, tokens, mask, T, use_cache=o["use_cache"], window=o["window"])
+    feeder = _Feeder(model, tokens, mask, T, use_cache=config.use_cache, window=window)
     generator = None
-    if o["seed"] is not None:
+    if config.seed is not None:
         # a generator of our own: reproducible, and the global RNG is left alone
-        generator = torch.Generator(device=tokens.device).manual_seed(o["seed"])
-    penalty = o["repetition_penalty"]
+        generator = torch.Generator(device=tokens.device).manual_seed(config.seed)
+    penalty = config.repetition_penalty
     seen = _seen_tokens(tokens[:, :T], mask, model.config.vocab_size) if penalty != 1.0 else None
-    eos, pad = o["eos_token_id"], o["pad_token_id"]
+    eos, pad = config.eos_token_id, config.fill_token_id
     finished = torch.zeros(tokens.size(0), dtype=torch.bool, device=tokens.device) if eos is not None else None
 
     logits = feeder.logits(T)  # (B, V): the whole prompt in one pass
     for cur in range(T, total):
         if seen is not None:
             logits = apply_repetition_penalty(logits, seen, penalty)
-        nxt = _next_token(logits, o, generator)  # (B,)
+        nxt = _next_token(logits, config, generator)  # (B,)
         if finished is not None:
             nxt = nxt.masked_fill(finished, pad)  # a finished sequence only pads
             finished |= nxt == eos
@@ -332,7 +367,8 @@ def _decode(model, tokens: torch.Tensor, mask: torch.Tensor | None, prompt_len: 
 
 
 @torch.inference_mode()
-def _beam_search(model, idx: torch.Tensor, mask: torch.Tensor | None, max_new_tokens: int, o: dict) -> torch.Tensor:
+def _beam_search(model, idx: torch.Tensor, mask: torch.Tensor | None, max_new_tokens: int, config: GenerationConfig,
+                 window: int | None) -> torch.Tensor:
     """The most likely continuation of each prompt by beam search: (B, T + n), n <= max_new_tokens.
 
     Keep num_beams running sequences ("beams") per prompt, scored by their summed log-probability.
@@ -349,8 +385,8 @@ def _beam_search(model, idx: torch.Tensor, mask: torch.Tensor | None, max_new_to
     These are `transformers`' rules, so both pick the same tokens on the same weights.
     """
     B, T = idx.shape
-    nb, V = o["num_beams"], model.config.vocab_size
-    eos, pad, lp, early = o["eos_token_id"], o["pad_token_id"], float(o["length_penalty"]), o["early_stopping"]
+    nb, V = config.num_beams, model.config.vocab_size
+    eos, pad, lp, early = config.eos_token_id, config.fill_token_id, config.length_penalty, config.early_stopping
     total, rows = T + max_new_tokens, B * nb
     device = idx.device
 
@@ -358,8 +394,8 @@ def _beam_search(model, idx: torch.Tensor, mask: torch.Tensor | None, max_new_to
     tokens = torch.full((rows, total), pad, dtype=torch.long, device=device)
     tokens[:, :T] = idx.repeat_interleave(nb, dim=0)
     beam_mask = None if mask is None else mask.repeat_interleave(nb, dim=0)
-    feeder = _Feeder(model, tokens, beam_mask, T, use_cache=o["use_cache"], window=o["window"])
-    penalty = o["repetition_penalty"]
+    feeder = _Feeder(model, tokens, beam_mask, T, use_cache=config.use_cache, window=window)
+    penalty = config.repetition_penalty
     seen = _seen_tokens(tokens[:, :T], beam_mask, V) if penalty != 1.0 else None
 
     # the copies are identical, so at first only copy 0 may propose (else the beams would all
@@ -428,52 +464,67 @@ def _beam_search(model, idx: torch.Tensor, mask: torch.Tensor | None, max_new_to
 # The public functions
 
 
-def _options(model, idx, max_new_tokens, attention_mask, kwargs) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
-    """Check every argument (ValueError naming it); the prompts as idx (B, T) and mask (or None)."""
-    o = dict(kwargs)
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(config, "vocab_size"):
-        raise TypeError(f"model must be a mini_gpt GPT (with a .config), got {type(model).__name__}")
-    _check_args(model, max_new_tokens, o)
-    if o["pad_token_id"] is None:
-        o["pad_token_id"] = o["eos_token_id"] if o["eos_token_id"] is not None else 0
-    idx, mask = _prepare(model, idx, attention_mask, o["pad_token_id"])
+def _with_options(fn: Callable) -> Callable:
+    """List GenerationConfig's fields in fn's signature (help(), autocompletion) as keyword-only
+    parameters with their defaults: fn takes them through **options, so they are written once."""
+    sig = inspect.signature(fn)
+    params = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    params += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
+               for f in dataclasses.fields(GenerationConfig)]
+    fn.__signature__ = sig.replace(parameters=params)
+    return fn
 
-    # learned positions: the window the model can see; the others have no limit
-    o["window"] = config.block_size if config.pos_encoding == "learned" else None
-    if o["strict"] and o["window"] is not None:
+
+def _setup(model, idx, max_new_tokens, attention_mask, config, options, caller: str):
+    """The checked call: (config, idx (B, T), left-padding mask (B, T) or None, window or None).
+
+    The options make a GenerationConfig (checked there) or change the one given; what depends on
+    the model is checked here. window: the context of learned positions (the others have none).
+    """
+    model_config = getattr(model, "config", None)
+    if model_config is None or not hasattr(model_config, "vocab_size"):
+        raise TypeError(f"model must be a mini_gpt GPT (with a .config), got {type(model).__name__}")
+    for name in options:
+        if name not in OPTIONS:
+            raise TypeError(f"{caller}() got an unexpected keyword argument {name!r}; "
+                            f"the decoding options are: {', '.join(OPTIONS)}")
+    if config is None:
+        config = GenerationConfig(**options)
+    elif not isinstance(config, GenerationConfig):
+        raise TypeError(f"config must be a GenerationConfig or None, got {type(config).__name__}")
+    elif options:
+        config = config.replace(**options)
+    check_int("max_new_tokens", max_new_tokens, min=1)
+    V = model_config.vocab_size
+    for name in ("eos_token_id", "pad_token_id"):
+        tok = getattr(config, name)
+        if tok is not None and not 0 <= tok < V:
+            raise ValueError(f"{name} must be None or an int in [0, {V - 1}] (the model's vocabulary), got {tok!r}")
+    idx, mask = _prepare(model, idx, attention_mask, config.fill_token_id)
+
+    window = model_config.block_size if model_config.pos_encoding == "learned" else None
+    if config.strict and window is not None:
         longest = idx.size(1) if mask is None else int(mask.sum(1).max())
         need = longest + max_new_tokens - 1  # the last new token is never fed back
-        if need > config.block_size:
+        if need > window:
             raise ValueError(
                 f"a {longest}-token prompt + max_new_tokens={max_new_tokens} needs a context of {need} tokens, "
-                f"more than block_size={config.block_size} (learned positions stop there); shorten the prompt, "
-                f"lower max_new_tokens to at most {max(config.block_size + 1 - longest, 0)}, or pass strict=False "
-                f"to slide a window over the last {config.block_size} tokens"
+                f"more than block_size={window} (learned positions stop there); shorten the prompt, "
+                f"lower max_new_tokens to at most {max(window + 1 - longest, 0)}, or pass strict=False "
+                f"to slide a window over the last {window} tokens"
             )
-    return idx, mask, o
+    return config, idx, mask, window
 
 
+@_with_options
 def stream(
     model: torch.nn.Module,
     idx: torch.Tensor | Sequence[Sequence[int]],
     max_new_tokens: int,
     *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    repetition_penalty: float = 1.0,
-    do_sample: bool = True,
-    num_beams: int = 1,
-    length_penalty: float = 1.0,
-    early_stopping: bool | str = False,
-    use_cache: bool = True,
-    eos_token_id: int | None = None,
-    pad_token_id: int | None = None,
+    config: GenerationConfig | None = None,
     attention_mask: torch.Tensor | None = None,
-    seed: int | None = None,
-    strict: bool = False,
+    **options: Any,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every sequence, (B,), as soon as it is chosen.
 
@@ -481,82 +532,50 @@ def stream(
     early once every sequence has produced eos. With num_beams > 1 the tokens come all at once
     at the end, since which beam wins is only known then.
     """
-    kwargs = dict(
-        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
-        do_sample=do_sample, num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping,
-        use_cache=use_cache, eos_token_id=eos_token_id, pad_token_id=pad_token_id, seed=seed, strict=strict,
-    )
-    idx, mask, o = _options(model, idx, max_new_tokens, attention_mask, kwargs)
-    return _stream(model, idx, mask, max_new_tokens, o)
+    config, idx, mask, window = _setup(model, idx, max_new_tokens, attention_mask, config, options, "stream")
+    return _stream(model, idx, mask, max_new_tokens, config, window)
 
 
-def _stream(model, idx, mask, max_new_tokens, o) -> Iterator[torch.Tensor]:
+def _stream(model, idx, mask, max_new_tokens, config: GenerationConfig, window: int | None) -> Iterator[torch.Tensor]:
     """Greedy/sampling or beam search, in eval mode (dropout off); yields ordinary (B,) tensors."""
     was_training = model.training
     model.eval()
     try:
-        if o["num_beams"] > 1:
-            out = _beam_search(model, idx, mask, max_new_tokens, o)
+        if config.num_beams > 1:
+            out = _beam_search(model, idx, mask, max_new_tokens, config, window)
             for t in range(idx.size(1), out.size(1)):
                 yield out[:, t].clone()  # clone outside inference mode: an ordinary tensor
             return
         # the output buffer, preallocated: the prompt, then one column per new token
         tokens = torch.empty(idx.size(0), idx.size(1) + max_new_tokens, dtype=torch.long, device=idx.device)
         tokens[:, : idx.size(1)] = idx
-        for nxt in _decode(model, tokens, mask, idx.size(1), o):
+        for nxt in _decode(model, tokens, mask, idx.size(1), config, window):
             yield nxt.clone()  # outside inference mode: free to modify, usable with autograd
     finally:
         model.train(was_training)
 
 
+@_with_options
 def generate(
     model: torch.nn.Module,
     idx: torch.Tensor | Sequence[Sequence[int]],
     max_new_tokens: int,
     *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    repetition_penalty: float = 1.0,
-    do_sample: bool = True,
-    num_beams: int = 1,
-    length_penalty: float = 1.0,
-    early_stopping: bool | str = False,
-    use_cache: bool = True,
-    eos_token_id: int | None = None,
-    pad_token_id: int | None = None,
+    config: GenerationConfig | None = None,
     attention_mask: torch.Tensor | None = None,
-    seed: int | None = None,
-    strict: bool = False,
+    **options: Any,
 ) -> torch.Tensor:
     """The prompt followed by up to `max_new_tokens` new tokens, (B, T + new).
 
     idx: (B, T) token ids, or a list of token-id lists of any lengths (left-padded for you with
         pad_token_id; the padding stays in the returned tensor, in front).
     attention_mask: with a (B, T) tensor, bool or 0/1, True/1 = real token, left-padded.
-    do_sample: False = greedy (or beam search with num_beams > 1): temperature, top_k, top_p and
-        min_p only shape sampling.
-    temperature (> 0), top_k (>= 1), top_p (in (0, 1]), min_p (in [0, 1)): see the module notes.
-    repetition_penalty: > 0; 1.0 = off, > 1 discourages repeating tokens.
-    num_beams, length_penalty, early_stopping (True, False or "never"): beam search, with
-        `transformers`' meaning.
-    eos_token_id: a sequence that produces it is finished and pads from then on (with
-        pad_token_id, default eos_token_id); generation stops once all are finished.
-    seed: sample from a generator of our own seeded with it (same seed -> same text); the
-        global RNG is left untouched. None: use the global RNG.
-    use_cache: feed only the new token each step (False recomputes the whole context: slower,
-        same tokens).
-    strict: with learned positions, raise ValueError instead of sliding the window when the
-        prompt + new tokens outgrow block_size.
+    config: a GenerationConfig holding the decoding options (default: GenerationConfig()).
+    options: any of its fields as keywords (temperature=0.8, top_k=40, do_sample=False, seed=0,
+        ...; see GenerationConfig), instead of a config or overriding the one given.
     """
-    kwargs = dict(
-        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
-        do_sample=do_sample, num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping,
-        use_cache=use_cache, eos_token_id=eos_token_id, pad_token_id=pad_token_id, seed=seed, strict=strict,
-    )
-    idx, mask, o = _options(model, idx, max_new_tokens, attention_mask, kwargs)
-    new = list(_stream(model, idx, mask, max_new_tokens, o))  # n x (B,), n <= max_new_tokens
+    config, idx, mask, window = _setup(model, idx, max_new_tokens, attention_mask, config, options, "generate")
+    new = list(_stream(model, idx, mask, max_new_tokens, config, window))  # n x (B,), n <= max_new_tokens
     return torch.cat([idx, torch.stack(new, dim=1)], dim=1)  # (B, T + n)
 
 

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import _fsync_dir
+from . import atomic
 from .linear import Linear
 
 # named shortcuts for `targets`: module-name suffixes inside each transformer block
@@ -328,7 +327,7 @@ def save_lora(model: nn.Module, path: str | os.PathLike, *, include: Sequence[st
     in one atomic rename to point at it, then older tensor files are removed. At every moment the
     folder holds a complete, loadable set: the previous one or the new one.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     layers = lora_layers(model)
     if not layers:
@@ -338,8 +337,7 @@ def save_lora(model: nn.Module, path: str | os.PathLike, *, include: Sequence[st
     if path.exists() and not path.is_dir():
         raise ValueError(f"path must be a folder (it gets adapter.json and a .safetensors file), but {path} is a file")
     path.mkdir(parents=True, exist_ok=True)
-    for stale in path.glob(".tmp-*"):  # left by a save that crashed (one writer at a time)
-        stale.unlink(missing_ok=True)
+    atomic.remove_leftovers(path)  # left by a save that crashed (one writer at a time)
 
     tensors: dict[str, torch.Tensor] = {}
     for name, layer in layers.items():
@@ -365,25 +363,12 @@ def save_lora(model: nn.Module, path: str | os.PathLike, *, include: Sequence[st
         raise ValueError("save_lora: all adapters must share one rank and alpha (as add_lora makes them)")
 
     # 1. the tensors, under a name that depends on their content
-    tmp = _temp_file(path, ".safetensors")
-    try:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT})
-        digest = _sha256_file(tmp)
-        tensor_file = path / f"adapter-{digest[:16]}.safetensors"
-        _fsync_file(tmp)
-        os.replace(tmp, tensor_file)
-    finally:
-        tmp.unlink(missing_ok=True)
+    data = save(tensors, metadata={"format": FORMAT})
+    digest = hashlib.sha256(data).hexdigest()
+    tensor_file = atomic.write_bytes(path / f"adapter-{digest[:16]}.safetensors", data)
     config["tensors"] = {"file": tensor_file.name, "sha256": digest}
     # 2. the JSON that names them: the atomic switch from the old set to the new one
-    tmp = _temp_file(path, ".json")
-    try:
-        tmp.write_text(json.dumps(config, indent=1))
-        _fsync_file(tmp)
-        os.replace(tmp, path / CONFIG_FILE)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path)
+    atomic.write_text(path / CONFIG_FILE, json.dumps(config, indent=1))
     # 3. tensor files no JSON points at any more
     for old in path.glob("adapter-*.safetensors"):
         if old.name != tensor_file.name:
@@ -455,7 +440,7 @@ def load_lora(model: nn.Module, path: str | os.PathLike, *, check_base: bool = T
                 )
     tensor_file = path / config["tensors"]["file"]
     try:
-        if _sha256_file(tensor_file) != config["tensors"]["sha256"]:
+        if atomic.sha256_file(tensor_file) != config["tensors"]["sha256"]:
             raise ValueError("its sha256 does not match adapter.json")
         tensors = load_file(str(tensor_file))
     except (OSError, SafetensorError, ValueError) as exc:
@@ -521,23 +506,3 @@ def _read_config(path: Path) -> dict[str, Any]:
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{file} is not a valid LoRA adapter config ({type(exc).__name__}: {exc})") from None
     return config
-
-
-def _temp_file(folder: Path, suffix: str) -> Path:
-    fd, name = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
-    os.close(fd)
-    return Path(name)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-

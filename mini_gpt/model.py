@@ -24,6 +24,7 @@ from .attention import ATTENTION_IMPLS, CausalSelfAttention, KVCache
 from .block import Block
 from .config import GPTConfig
 from .linear import Linear
+from .validation import check_choice, check_int
 
 # short names -> Hugging Face repositories holding GPT-2-layout `model.safetensors`
 GPT2_MODELS = {
@@ -109,20 +110,14 @@ class GPT(nn.Module):
 
     def set_attention_impl(self, impl: str) -> None:
         """Use "sdpa" (fused, default) or "explicit" (the written-out formula) in every layer."""
-        if impl not in ATTENTION_IMPLS:
-            raise ValueError(f"impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
+        check_choice("impl", impl, ATTENTION_IMPLS)
         for module in self.modules():
             if isinstance(module, CausalSelfAttention):
                 module.impl = impl
 
     def crop_block_size(self, block_size: int) -> None:
         """Shrink the context to `block_size` (e.g. GPT-2's 1024 -> 256 to fine-tune cheaply)."""
-        if (
-            isinstance(block_size, bool)
-            or not isinstance(block_size, int)
-            or not 1 <= block_size <= self.config.block_size
-        ):
-            raise ValueError(f"block_size must be an int in [1, {self.config.block_size}], got {block_size!r}")
+        block_size = check_int("block_size", block_size, min=1, max=self.config.block_size)
         self.config = self.config.replace(block_size=block_size)
         if "wpe" in self.transformer:
             self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight.detach()[:block_size].clone())
@@ -139,7 +134,7 @@ class GPT(nn.Module):
         position_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits (B, T, vocab_size) for token ids `idx` (B, T).
+        """Logits (B, T, vocab_size) for token ids `idx` (B, T): `hidden_states`, then the head.
 
         return_attention: also return every layer's attention weights, each (B, H, T, S).
         kv_cache: a `KVCache` holding the earlier tokens; idx then holds only the new ones, and
@@ -147,6 +142,27 @@ class GPT(nn.Module):
         position_ids: (B, T) position of every token (default: cached length + 0..T-1);
             left-padded batches use it so each sequence starts at position 0.
         attention_mask: bool (B, S), S = cached + T; False marks padding keys to ignore.
+        """
+        out = self.hidden_states(idx, return_attention=return_attention, kv_cache=kv_cache,
+                                 position_ids=position_ids, attention_mask=attention_mask)
+        if return_attention:
+            x, attentions = out
+            return self.lm_head(x), attentions  # (B, T, vocab_size), n_layer x (B, H, T, S)
+        return self.lm_head(out)  # (B, T, vocab_size)
+
+    def hidden_states(
+        self,
+        idx: torch.Tensor,
+        *,
+        return_attention: bool = False,
+        kv_cache: KVCache | None = None,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """The final hidden states (B, T, n_embd) for token ids `idx` (B, T): ln_f's output, the
+        vectors the head turns into logits (`forward`) and a classifier reads (`finetune`).
+
+        Takes the arguments of `forward`; with return_attention, also every layer's attention.
         """
         _, T = self._check_input(idx, kv_cache, position_ids, attention_mask)
         past = kv_cache.length if kv_cache is not None else 0
@@ -176,8 +192,7 @@ class GPT(nn.Module):
             else:
                 x = block(x, **kwargs)  # (B, T, C)
         x = self.transformer.ln_f(x)  # (B, T, C)
-        logits = self.lm_head(x)  # (B, T, vocab_size)
-        return (logits, attentions) if return_attention else logits
+        return (x, attentions) if return_attention else x
 
     def _check_input(
         self,

@@ -14,6 +14,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,60 +23,68 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .attention import CausalSelfAttention
 from .checkpoint import latest_checkpoint, list_checkpoints, restore_model, restore_training_state, save_checkpoint
 from .data import TextDataset
+from .validation import Rule, check_settings, setting
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# Rules shared by several fields (a field's rule is also its `mini-gpt train` flag's: see cli.py)
+_COUNT = Rule("int", min=1)
+_OPTIONAL_COUNT = Rule("int", min=1, optional=True)
+_NON_NEGATIVE = Rule("number", min=0.0)
+_BETA = Rule("number", min=0.0, max=1.0, max_open=True)
+_FLAG = Rule("bool")
 
 
 @dataclass
 class TrainConfig:
     """How to train. `max_iters` is where this run stops; `lr_decay_iters` is the schedule's
-    length (default: max_iters), so stopping early and resuming never changes the schedule."""
+    length (default: max_iters), so stopping early and resuming never changes the schedule.
+    Without an `out_dir`, nothing is written.
 
-    out_dir: str | None = None  # where metrics.jsonl and checkpoints go (None: keep nothing)
-    batch_size: int = 32  # windows per micro-batch (per rank under DDP)
-    block_size: int | None = None  # window length; default: the model's block_size
-    max_iters: int = 2000
-    lr_decay_iters: int | None = None
-    learning_rate: float = 1e-3
-    min_lr: float | None = None  # the floor of the cosine; default learning_rate / 10
-    warmup_iters: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0  # 0 turns clipping off
-    grad_accum: int = 1
-    eval_interval: int = 250
-    eval_iters: int = 20
-    log_interval: int = 10
-    checkpoint_interval: int | None = None  # default: eval_interval
-    keep_checkpoints: int = 2
-    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
-    dtype: str = "auto"  # "auto", "float32", "bfloat16", "float16"
-    compile: bool = False
-    seed: int = 1337
-    resume: bool = False
-    progress: bool = True
+    Each field carries its rule and a one-line help (`validation.setting`): the rules are checked
+    when a TrainConfig is made, and `mini-gpt train` makes a flag of every field from the two.
+    """
+
+    out_dir: str | None = setting(None, Rule("str", optional=True),
+                                  "folder for metrics.jsonl and the checkpoints")
+    batch_size: int = setting(32, _COUNT, "windows per micro-batch (per rank under DDP)")
+    block_size: int | None = setting(None, _OPTIONAL_COUNT, "window length; default: the model's block_size")
+    max_iters: int = setting(2000, _COUNT, "the step where this run stops")
+    lr_decay_iters: int | None = setting(None, _OPTIONAL_COUNT,
+                                         "length of the learning-rate schedule; default: max_iters")
+    learning_rate: float = setting(1e-3, Rule("number", min=0.0, min_open=True),
+                                   "peak learning rate, reached at the end of the warmup")
+    min_lr: float | None = setting(None, Rule("number", min=0.0, optional=True),
+                                   "floor of the cosine, at most learning_rate; default: learning_rate / 10")
+    warmup_iters: int = setting(100, Rule("int", min=0), "steps of linear warmup from 0")
+    weight_decay: float = setting(0.1, _NON_NEGATIVE, "AdamW's weight decay (on matrices only)")
+    beta1: float = setting(0.9, _BETA, "AdamW's beta1, the decay of the gradients' running mean")
+    beta2: float = setting(0.99, _BETA, "AdamW's beta2, the decay of the squared gradients' running mean")
+    grad_clip: float = setting(1.0, _NON_NEGATIVE, "largest global gradient norm; 0 turns clipping off")
+    grad_accum: int = setting(1, _COUNT, "micro-batches per optimizer step")
+    eval_interval: int = setting(250, _COUNT, "evaluate every this many steps")
+    eval_iters: int = setting(20, _COUNT, "batches per evaluation")
+    log_interval: int = setting(10, _COUNT, "write a metrics record every this many steps")
+    checkpoint_interval: int | None = setting(None, _OPTIONAL_COUNT,
+                                              "save a checkpoint every this many steps; default: eval_interval")
+    keep_checkpoints: int = setting(2, _COUNT, "how many of the newest checkpoints to keep")
+    device: str = setting("auto", Rule("str", what="a device name such as 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'"),
+                          "where to train; 'auto' is CUDA when there is a GPU, else the CPU")
+    dtype: str = setting("auto", Rule("choice", choices=("auto", *DTYPES)),
+                         "precision; 'auto' is bf16 autocast where the device has bf16 units, else float32")
+    compile: bool = setting(False, _FLAG, "torch.compile the model")
+    seed: int = setting(1337, Rule("int", min=0), "seed of the training batches (and of the evaluation windows)")
+    resume: bool = setting(False, _FLAG, "continue exactly from the newest checkpoint in the output folder")
+    progress: bool = setting(True, _FLAG, "progress bar")
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_iters", "grad_accum", "eval_interval", "eval_iters", "log_interval"):
-            _positive_int(name, getattr(self, name))
-        for name in ("block_size", "lr_decay_iters", "checkpoint_interval"):
-            if getattr(self, name) is not None:
-                _positive_int(name, getattr(self, name))
-        if not isinstance(self.warmup_iters, int) or self.warmup_iters < 0:
-            raise ValueError(f"TrainConfig.warmup_iters must be an int >= 0, got {self.warmup_iters!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"TrainConfig.learning_rate must be > 0, got {self.learning_rate}")
-        if self.min_lr is not None and not 0 <= self.min_lr <= self.learning_rate:
+        check_settings(self)
+        if self.min_lr is not None and self.min_lr > self.learning_rate:
             raise ValueError(f"TrainConfig.min_lr must be in [0, learning_rate={self.learning_rate}], got {self.min_lr}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("TrainConfig.weight_decay and grad_clip must be >= 0")
-        if self.dtype not in ("auto", *DTYPES):
-            raise ValueError(f"TrainConfig.dtype must be one of 'auto', {', '.join(map(repr, DTYPES))}, got {self.dtype!r}")
-        if self.keep_checkpoints < 1:
-            raise ValueError(f"TrainConfig.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
 
     @property
     def schedule_length(self) -> int:
@@ -94,11 +103,6 @@ class TrainResult:
     @property
     def val_losses(self) -> list[tuple[int, float]]:
         return [(r["step"], r["val_loss"]) for r in self.history if "val_loss" in r]
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"TrainConfig.{name} must be a positive int, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,6 +167,26 @@ def _cpu_has_bf16_units() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+@contextlib.contextmanager
+def attention_for_training(model: torch.nn.Module, device: torch.device, dtype: torch.dtype):
+    """Within the block, `model`'s attention layers run the way that trains fastest on `device`
+    in `dtype`; after it, each is as it was.
+
+    On CPU, PyTorch's fused attention is slow in bf16: the written-out path makes the whole
+    training step ~1.5x faster there (`mini-gpt bench`), with the same numbers.
+    """
+    layers = [m for m in model.modules() if isinstance(m, CausalSelfAttention)]
+    before = [m.impl for m in layers]
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        for m in layers:
+            m.impl = "explicit"
+    try:
+        yield
+    finally:
+        for m, impl in zip(layers, before, strict=True):
+            m.impl = impl
+
+
 def autocast_context(device: torch.device, dtype: torch.dtype):
     if dtype == torch.float32:
         return contextlib.nullcontext()
@@ -209,6 +233,63 @@ def evaluate(
     model.train(was_training)
     loss = total_loss / iters
     return {f"{split}_loss": loss, f"{split}_ppl": math.exp(loss), f"{split}_acc": correct / count}
+
+
+# ---------------------------------------------------------------------------------------------
+# one optimisation step (train and finetune.finetune take the same one)
+
+
+def train_step(
+    step: int,
+    micro_batch_loss: Callable[[], torch.Tensor],
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    cfg: TrainConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    ddp: torch.nn.Module | None = None,
+) -> tuple[float, float]:
+    """Take optimizer step number `step` (0-based) and return (its loss, its learning rate).
+
+    1. the learning rate of the schedule at this step (`lr_at`) goes into every param group;
+    2. `cfg.grad_accum` times: `micro_batch_loss()` reads the next micro-batch and returns its
+       mean loss (run here under autocast to `dtype`); divided by grad_accum and backpropagated
+       (through the gradient scaler, which is on for float16 only), the gradients add up to
+       those of one batch grad_accum times as large;
+    3. a loss that is not finite stops here, before the update spoils the weights;
+    4. the gradient norm of `model`'s trainable parameters is clipped to `cfg.grad_clip` (0: off);
+    5. the optimizer steps, and the gradients are set to None for the next step.
+
+    ddp: the DistributedDataParallel wrapper when several processes train: gradients are averaged
+    across them only on the last micro-batch (the others run under no_sync), and the loss
+    returned is the mean over all processes, the same number on each.
+    """
+    lr = lr_at(step, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = 0.0
+    for micro in range(cfg.grad_accum):
+        sync = ddp is None or micro == cfg.grad_accum - 1
+        with (contextlib.nullcontext() if sync else ddp.no_sync()), autocast_context(device, dtype):
+            loss = micro_batch_loss() / cfg.grad_accum
+        scaler.scale(loss).backward()
+        loss_sum += loss.item()
+    if ddp is not None:
+        loss_sum = _all_reduce_mean(loss_sum, device)
+    if not math.isfinite(loss_sum):
+        raise FloatingPointError(
+            f"training loss is {loss_sum} at step {step + 1}; stopping before the update. "
+            f"Try a lower learning rate, more warmup, or float32."
+        )
+    if cfg.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum, lr
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,11 +352,6 @@ def train(
 
     model.to(device)
     model.train()
-    impl_before = _attention_impl(model)
-    if device.type == "cpu" and dtype == torch.bfloat16 and impl_before is not None:
-        # on CPU, PyTorch's fused attention is slow in bf16; the written-out path is ~1.5x faster
-        # for the whole step here (mini-gpt bench), and gives the same numbers
-        model.set_attention_impl("explicit")
     optimizer = configure_optimizer(model, cfg, device.type)
     # a gradient scaler is needed for float16 only (bf16 has float32's range)
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16))
@@ -312,38 +388,22 @@ def train(
             extra={"data_stream": stream.state_dict(), "train_config": asdict(cfg), "meta": meta or {}},
         )
 
+    def micro_batch_loss() -> torch.Tensor:
+        x, y = next(stream)
+        return batch_loss(run_model(x), y)
+
     tokens_per_step = cfg.batch_size * block_size * cfg.grad_accum * dist.world_size
     bar = tqdm(total=cfg.max_iters, initial=step, desc="train", unit="step", disable=not (cfg.progress and dist.is_main))
     t_last, tokens_since = time.perf_counter(), 0
-    try:
+    with attention_for_training(model, device, dtype), contextlib.closing(bar):
         while step < cfg.max_iters:
-            lr = lr_at(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = 0.0
-            for micro in range(cfg.grad_accum):
-                x, y = next(stream)
-                # under DDP, gradients are averaged across ranks only on the last micro-batch
-                sync = not dist.enabled or micro == cfg.grad_accum - 1
-                with (contextlib.nullcontext() if sync else run_model.no_sync()), autocast_context(device, dtype):
-                    loss = batch_loss(run_model(x), y) / cfg.grad_accum
-                scaler.scale(loss).backward()
-                loss_sum += loss.item()
-            if dist.enabled:  # report the global mean loss, the same number on every rank
-                loss_sum = _all_reduce_mean(loss_sum, device)
-            if not math.isfinite(loss_sum):
+            try:
+                loss_sum, lr = train_step(step, micro_batch_loss, model=model, optimizer=optimizer, scaler=scaler,
+                                          cfg=cfg, device=device, dtype=dtype, ddp=run_model if dist.enabled else None)
+            except FloatingPointError as exc:  # say where training can go on from
                 last = list_checkpoints(out_dir)[-1] if out_dir is not None and list_checkpoints(out_dir) else None
-                raise FloatingPointError(
-                    f"training loss is {loss_sum} at step {step + 1}; stopping before the update. "
-                    + (f"The last good checkpoint is {last}." if last else "No checkpoint was written yet.")
-                    + " Try a lower learning rate, more warmup, or float32."
-                )
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+                note = f"The last good checkpoint is {last}." if last else "No checkpoint was written yet."
+                raise FloatingPointError(f"{exc} {note}") from None
             step += 1
             tokens_since += tokens_per_step
             bar.update(1)
@@ -370,17 +430,7 @@ def train(
                 save(step)
             if record is not None:  # time spent evaluating and saving does not count as training
                 t_last, tokens_since = time.perf_counter(), 0
-    finally:
-        bar.close()
-        if impl_before is not None:
-            model.set_attention_impl(impl_before)
     return TrainResult(step=step, history=history)
-
-
-def _attention_impl(model: torch.nn.Module) -> str | None:
-    from .attention import CausalSelfAttention
-
-    return next((m.impl for m in model.modules() if isinstance(m, CausalSelfAttention)), None)
 
 
 def _all_reduce_mean(value: float, device: torch.device) -> float:

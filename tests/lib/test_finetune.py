@@ -67,6 +67,34 @@ def test_final_hidden_states_are_what_lm_head_reads():
     assert not gpt.lm_head._forward_pre_hooks  # the hook is removed again
 
 
+def test_hidden_states_are_the_gpt_without_its_head():
+    torch.manual_seed(0)
+    gpt = GPT(TINY).eval()
+    idx = torch.randint(0, 65, (3, 20))
+    seen = []
+    handle = gpt.transformer.ln_f.register_forward_hook(lambda m, args, out: seen.append(out))
+    logits = gpt(idx)
+    handle.remove()
+    h = gpt.hidden_states(idx)
+    assert h.shape == (3, 20, 64) and torch.equal(h, seen[0])  # ln_f's output, as a hook catches it
+    # the head is the token embedding matrix (tied weights): logits = h @ wte^T
+    torch.testing.assert_close(h @ gpt.transformer.wte.weight.T, logits, rtol=1e-5, atol=1e-5)
+    # with return_attention (the written-out attention path), the same as forward's
+    logits_att, attentions = gpt(idx, return_attention=True)
+    h_att, att = gpt.hidden_states(idx, return_attention=True)
+    assert torch.equal(gpt.lm_head(h_att), logits_att)
+    assert all(torch.equal(a, b) for a, b in zip(att, attentions, strict=True))
+    # the classifier reads them directly: lm_head (the 65-column projection) never runs
+    clf = GPTClassifier(gpt, num_classes=3, pad_token_id=0).eval()
+
+    def refuse(module, args):
+        raise AssertionError("lm_head ran")
+
+    gpt.lm_head.register_forward_pre_hook(refuse)
+    with torch.no_grad():
+        torch.testing.assert_close(clf(idx), clf.head(h[:, -1]), rtol=1e-5, atol=1e-6)
+
+
 def test_right_padding_changes_nothing():
     torch.manual_seed(0)
     clf = GPTClassifier(GPT(TINY), num_classes=3, pad_token_id=0).eval()

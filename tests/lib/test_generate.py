@@ -6,16 +6,20 @@ search; hand computations and float64 recomputations for the filters; each promp
 batches; the cache-free recomputation for the KV cache.
 """
 
+import dataclasses
+import inspect
 import os
+import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from mini_gpt import GPT, GPTConfig, generate, stream
+from mini_gpt import GPT, GenerationConfig, GPTConfig, generate, stream
 from mini_gpt.generate import (
     apply_repetition_penalty,
     min_p_filter,
@@ -377,6 +381,87 @@ def test_bad_attention_mask(learned):
         generate(learned, idx, 2, attention_mask=right_padded)
     with pytest.raises(ValueError, match="shape of idx"):
         generate(learned, idx, 2, attention_mask=torch.ones(2, 4))
+
+
+# ---------------------------------------------------------------------------------------------
+# GenerationConfig: every option, checked once
+
+
+@pytest.mark.parametrize(
+    "field, value, error",
+    [
+        ("temperature", 0.0, ValueError), ("temperature", "hot", TypeError), ("top_k", 0, ValueError),
+        ("top_k", 2.5, TypeError), ("top_p", 1.5, ValueError), ("min_p", 1.0, ValueError),
+        ("repetition_penalty", float("inf"), ValueError), ("do_sample", 1, TypeError), ("num_beams", 0, ValueError),
+        ("length_penalty", float("nan"), ValueError), ("early_stopping", "sometimes", ValueError),
+        ("use_cache", "yes", TypeError), ("eos_token_id", 1.0, TypeError), ("pad_token_id", "0", TypeError),
+        ("seed", 0.5, TypeError), ("strict", None, TypeError),
+    ],
+)
+def test_config_names_the_bad_field(field, value, error):
+    with pytest.raises(error, match=rf"^{field} must be .*got {re.escape(repr(value))}"):
+        GenerationConfig(**{field: value})
+
+
+def test_config_is_checked_once_and_frozen(learned, monkeypatch):
+    config = GenerationConfig(temperature=0.7, top_k=5, seed=3)
+    calls = []
+    real = GenerationConfig.__post_init__
+    monkeypatch.setattr(GenerationConfig, "__post_init__", lambda self: calls.append(1) or real(self))
+    generate(learned, prompts(), 4, config=config)
+    list(stream(learned, prompts(), 4, config=config))
+    assert calls == []  # a config is not checked again by each call
+    generate(learned, prompts(), 4, config=config, top_k=6)
+    assert calls == [1]  # a keyword makes one new config, checked once
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.top_k = 3
+    assert config.replace(top_k=6) == GenerationConfig(temperature=0.7, top_k=6, seed=3)
+    assert GenerationConfig(temperature=1, top_k=np.int64(5)) == GenerationConfig(temperature=1.0, top_k=5)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [dict(do_sample=False), dict(seed=7, temperature=0.7, top_k=10, top_p=0.9, min_p=0.01),
+     dict(do_sample=False, num_beams=3, length_penalty=0.5, eos_token_id=4),
+     dict(do_sample=False, repetition_penalty=1.5, use_cache=False), dict(seed=1, eos_token_id=3, pad_token_id=7)],
+)
+def test_a_config_is_its_keywords(learned, fields):
+    config = GenerationConfig(**fields)
+    expected = generate(learned, prompts(), 12, **fields)
+    assert torch.equal(generate(learned, prompts(), 12, config=config), expected)
+    assert torch.equal(generate(learned, prompts(), 12, **dataclasses.asdict(config)), expected)
+    streamed = torch.stack(list(stream(learned, prompts(), 12, config=config)), dim=1)
+    assert torch.equal(streamed, expected[:, 5:])
+
+
+def test_keywords_override_the_config(learned):
+    config = GenerationConfig(do_sample=False, num_beams=3)
+    assert torch.equal(generate(learned, prompts(), 10, config=config, num_beams=1),
+                       generate(learned, prompts(), 10, do_sample=False))
+    sampled = GenerationConfig(seed=1, temperature=0.5)
+    assert torch.equal(generate(learned, prompts(), 10, config=sampled, seed=2),
+                       generate(learned, prompts(), 10, seed=2, temperature=0.5))
+    with pytest.raises(ValueError, match="num_beams=2 with do_sample=True"):  # the result is checked
+        generate(learned, prompts(), 10, config=sampled, num_beams=2)
+
+
+def test_options_and_config_errors(learned):
+    with pytest.raises(TypeError, match=r"generate\(\) got an unexpected keyword argument 'topk'.*top_k"):
+        generate(learned, prompts(), 3, topk=3)
+    with pytest.raises(TypeError, match=r"stream\(\) got an unexpected keyword argument 'topk'"):
+        stream(learned, prompts(), 3, topk=3)
+    with pytest.raises(TypeError, match="config must be a GenerationConfig"):
+        generate(learned, prompts(), 3, config={"top_k": 3})
+    # the model-dependent checks stay at the call
+    with pytest.raises(ValueError, match=r"pad_token_id must be None or an int in \[0, 39\]"):
+        generate(learned, prompts(), 3, config=GenerationConfig(pad_token_id=40))
+    with pytest.raises(ValueError, match=r"block_size=24.*strict=False"):
+        generate(learned, prompts(T=6), 20, config=GenerationConfig(strict=True))
+    # help() and autocompletion see every option, with its default
+    for fn in (generate, stream):
+        params = inspect.signature(fn).parameters
+        for field in dataclasses.fields(GenerationConfig):
+            assert params[field.name].default == field.default and params[field.name].kind is params["config"].kind
 
 
 # ---------------------------------------------------------------------------------------------

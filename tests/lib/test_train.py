@@ -1,3 +1,4 @@
+import copy
 import json
 import math
 import os
@@ -13,7 +14,15 @@ from safetensors.torch import load_file
 from mini_gpt import GPT, GPTConfig
 from mini_gpt.checkpoint import latest_checkpoint
 from mini_gpt.data import load_dataset
-from mini_gpt.train import TrainConfig, configure_optimizer, lr_at, train
+from mini_gpt.train import (
+    TrainConfig,
+    attention_for_training,
+    batch_loss,
+    configure_optimizer,
+    lr_at,
+    train,
+    train_step,
+)
 
 WORKERS = Path(__file__).parent / "workers"
 TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8",
@@ -100,6 +109,63 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
     assert latest_checkpoint(tmp_path).step == 2
 
 
+def test_train_is_train_step_in_a_loop():
+    # train() and finetune() take the same public step: a loop of train_step gives train's losses and
+    # weights bit for bit (accumulation, clipping, the schedule and dropout included)
+    data = load_dataset("shakespeare", "char")
+    cfg = TrainConfig(batch_size=4, max_iters=8, grad_accum=2, grad_clip=0.5, warmup_iters=3, learning_rate=3e-3,
+                      eval_interval=100, log_interval=1, device="cpu", dtype="float32", progress=False, seed=3)
+    torch.manual_seed(0)
+    lib = GPT(GPTConfig(vocab_size=65, block_size=16, n_layer=1, n_head=2, n_embd=16, dropout=0.1))
+    mine = copy.deepcopy(lib).train()
+    torch.manual_seed(1)
+    result = train(lib, data, cfg)
+
+    optimizer = configure_optimizer(mine, cfg, "cpu")
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    stream = data.batches("train", cfg.batch_size, 16, seed=cfg.seed)
+
+    def micro_batch_loss():
+        x, y = next(stream)
+        return batch_loss(mine(x), y)
+
+    torch.manual_seed(1)
+    steps = [train_step(s, micro_batch_loss, model=mine, optimizer=optimizer, scaler=scaler, cfg=cfg,
+                        device=torch.device("cpu"), dtype=torch.float32) for s in range(cfg.max_iters)]
+    assert [(r["train_loss"], r["lr"]) for r in result.history] == steps
+    assert all(torch.equal(a, b) for a, b in zip(lib.state_dict().values(), mine.state_dict().values(), strict=True))
+
+
+def test_train_step_stops_before_a_non_finite_update():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=65, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    cfg = TrainConfig(device="cpu", dtype="float32", progress=False)
+    optimizer = configure_optimizer(model, cfg, "cpu")
+    before = copy.deepcopy(model.state_dict())
+    idx = torch.randint(0, 65, (2, 8))
+    with pytest.raises(FloatingPointError, match="training loss is nan at step 5; stopping before the update"):
+        train_step(4, lambda: model(idx).float().mean() * float("nan"), model=model, optimizer=optimizer,
+                   scaler=torch.amp.GradScaler("cpu", enabled=False), cfg=cfg, device=torch.device("cpu"),
+                   dtype=torch.float32)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not optimizer.state  # no step was taken
+
+
+def test_attention_for_training_switches_and_restores():
+    model = GPT(GPTConfig(vocab_size=65, block_size=16, n_layer=2, n_head=2, n_embd=16))
+
+    def impls():
+        return [block.attn.impl for block in model.transformer.h]
+
+    model.transformer.h[1].attn.impl = "explicit"
+    with attention_for_training(model, torch.device("cpu"), torch.float32):
+        assert impls() == ["sdpa", "explicit"]  # float32: as it was
+    with pytest.raises(RuntimeError), attention_for_training(model, torch.device("cpu"), torch.bfloat16):
+        assert impls() == ["explicit", "explicit"]  # bf16 on CPU: the written-out path is faster
+        raise RuntimeError
+    assert impls() == ["sdpa", "explicit"]  # each layer as it was, after an error too
+
+
 def test_learns_well_below_the_unigram_baseline():
     data = load_dataset("shakespeare", "char")
     counts = Counter(data.train.tolist())
@@ -119,8 +185,8 @@ def test_learns_well_below_the_unigram_baseline():
 def test_bad_flags_give_one_line_and_exit_2():
     for args, needle in [
         (["--dtype", "float8"], "argument --dtype: invalid choice: 'float8'"),
-        (["--lr", "-1"], "argument --lr: must be in (0.0, 1.0), got '-1'"),
-        (["--max-iters", "0"], "argument --max-iters: must be a positive integer, got '0'"),
+        (["--lr", "-1"], "argument --lr: must be a number > 0, got '-1'"),
+        (["--max-iters", "0"], "argument --max-iters: must be an int >= 1, got '0'"),
         (["--preset", "gpt5"], "argument --preset: invalid choice: 'gpt5'"),
         (["--n-embd", "30", "--n-head", "4"], "n_embd (30) must be divisible by n_head (4)"),
     ]:
