@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mini_gpt import GPT, GPTConfig, course
+from mini_gpt.course.checking import max_diff
 from mini_gpt.masks import causal_mask
 
 from check_helpers import fails, passes
@@ -75,11 +76,23 @@ def test_setup_notebook_pins_threads_and_silences_progress(monkeypatch):
 
 def test_links_point_at_the_course_repository():
     assert course.REPO == "mini-gpt/mini_gpt"
-    assert course.source_url("masks") == "https://github.com/mini-gpt/mini_gpt/blob/main/mini_gpt/masks.py"
-    assert course.source_url("mini_gpt.loss") == "https://github.com/mini-gpt/mini_gpt/blob/main/mini_gpt/loss.py"
-    assert course.colab_url("01_causal_masks.ipynb") == (
-        "https://colab.research.google.com/github/mini-gpt/mini_gpt/blob/main/chapters/01_causal_masks.ipynb"
+    blob, tree = "https://github.com/mini-gpt/mini_gpt/blob/main", "https://github.com/mini-gpt/mini_gpt/tree/main"
+    assert course.source_url("masks") == f"{blob}/mini_gpt/masks.py"
+    assert course.source_url("mini_gpt.loss") == f"{blob}/mini_gpt/loss.py"
+    assert course.source_url("rope.py") == f"{blob}/mini_gpt/rope.py"
+    # a package's module is a file in its folder; the package itself is the folder
+    assert course.source_url("course.sampling") == f"{blob}/mini_gpt/course/sampling.py"
+    assert course.source_url("mini_gpt.course.checking") == f"{blob}/mini_gpt/course/checking.py"
+    assert course.source_url("course") == f"{tree}/mini_gpt/course/"
+    for name in ("nope", "masks.nope", "", "course.nope"):
+        with pytest.raises(ValueError, match="module must name a module of mini_gpt"):
+            course.source_url(name)
+    with pytest.raises(TypeError, match="module"):
+        course.source_url(None)
+    assert course.colab_url("causal_masks.ipynb") == (
+        "https://colab.research.google.com/github/mini-gpt/mini_gpt/blob/main/chapters/causal_masks.ipynb"
     )
+    assert course.colab_url("sampling") == course.colab_url("sampling.ipynb")
 
 
 def test_small_model_is_deterministic_and_leaves_the_global_rng_alone():
@@ -444,16 +457,59 @@ def test_course_is_not_imported_by_the_library():
 
     import mini_gpt
 
+    root = pathlib.Path(mini_gpt.__file__).parent
+    on_top = ("course", "viz", "cli.py")  # the parts that sit on top of the library may use each other
     uses_course = re.compile(r"\bcourse\b(?!_)|from \. import .*\bcourse\b")
-    for path in pathlib.Path(mini_gpt.__file__).parent.glob("*.py"):
-        if path.name != "course.py":
-            imports = [line for line in path.read_text("utf-8").splitlines() if re.match(r"\s*(from|import) ", line)]
-            assert not [line for line in imports if uses_course.search(line)], path
+    modules = [path for path in root.rglob("*.py") if path.relative_to(root).parts[0] not in on_top]
+    assert root / "model.py" in modules and root / "__init__.py" in modules
+    for path in modules:
+        imports = [line for line in path.read_text("utf-8").splitlines() if re.match(r"\s*(from|import) ", line)]
+        assert not [line for line in imports if uses_course.search(line)], path
+
+
+def test_the_course_imports_without_fcntl():
+    # Windows has no fcntl: the shared model's lock must not need it
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['fcntl'] = None; import mini_gpt.course; print(len(mini_gpt.course.__all__))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert int(run.stdout) == len(course.__all__)
+
+
+def test_course_modules_import_no_private_names():
+    import ast
+    import pathlib
+
+    for path in (pathlib.Path(course.__file__).parent).glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level:  # from .x import y / from ..x import y
+                private = [alias.name for alias in node.names if alias.name.startswith("_")]
+                assert not private, f"{path.name} imports {private} from {node.module}"
+
+
+def test_every_name_the_chapters_use_resolves():
+    import json
+    import pathlib
+
+    chapters = sorted((pathlib.Path(__file__).parents[2] / "chapters").glob("*.ipynb"))
+    assert chapters
+    used = {}
+    for path in chapters:
+        cells = json.loads(path.read_text("utf-8"))["cells"]
+        code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        for name in re.findall(r"\bcourse\.([A-Za-z_]\w*)", code):
+            used.setdefault(name, path.name)
+    assert "check_causal_mask" in used and "shakespeare_model" in used
+    missing = {name: where for name, where in used.items() if not hasattr(course, name)}
+    assert not missing, f"course has no {missing}"
+    assert set(used) <= set(course.__all__), set(used) - set(course.__all__)  # part of the public vocabulary
 
 
 def test_max_diff_reports_infinities_as_infinite_and_equal_infinities_as_equal():
     inf = math.inf
-    assert course._max_diff(torch.tensor([-inf, 1.0]), torch.tensor([-inf, 1.5])) == 0.5
-    assert course._max_diff(torch.tensor([-inf, 1.0]), torch.tensor([0.0, 1.0])) == inf
-    assert course._max_diff(torch.tensor([float("nan")]), torch.tensor([0.0])) == inf
-    assert course._max_diff(torch.empty(0), torch.empty(0)) == 0.0
+    assert max_diff(torch.tensor([-inf, 1.0]), torch.tensor([-inf, 1.5])) == 0.5
+    assert max_diff(torch.tensor([-inf, 1.0]), torch.tensor([0.0, 1.0])) == inf
+    assert max_diff(torch.tensor([float("nan")]), torch.tensor([0.0])) == inf
+    assert max_diff(torch.empty(0), torch.empty(0)) == 0.0

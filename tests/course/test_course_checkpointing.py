@@ -34,14 +34,24 @@ def _fsync_folder(folder):
         os.close(fd)
 
 
-def atomic_write(path, data):
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
+def _write(file, data, *, flush=True, fsync=True):
+    """Write `data` to `file`, then flush Python's buffer and fsync, unless told not to."""
+    with open(file, "wb") as f:
+        f.write(data)
+        if flush:
             f.flush()
+        if fsync:
             os.fsync(f.fileno())
+
+
+def _tmp(path):
+    return Path(path).with_name(Path(path).name + ".tmp")
+
+
+def atomic_write(path, data):
+    path, tmp = Path(path), _tmp(path)
+    try:
+        _write(tmp, data)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -93,65 +103,34 @@ def atomic_write_like_the_library(path, data):  # checkpoint._write: write, reop
     _fsync_folder(path.parent)
 
 
-@pytest.mark.parametrize("fn", [atomic_write, atomic_write_mkstemp, atomic_write_named_temporary_file,
-                                atomic_write_like_the_library])
-def test_atomic_write_passes(fn, capsys):
-    course.check_atomic_write(fn)
-    assert capsys.readouterr().out.startswith(f"\u2713 {fn.__name__} ")
-
-
-def test_atomic_write_not_started(capsys):
-    def atomic_write(path, data):
-        ...
-
-    course.check_atomic_write(atomic_write)
-    assert "\u270e atomic_write wrote nothing" in capsys.readouterr().out
-
-
 def in_place(path, data):
     with open(path, "wb") as f:
         f.write(data)
 
 
 def no_fsync(path, data):
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    _fsync_folder(path.parent)
+    _write(_tmp(path), data, fsync=False)
+    os.replace(_tmp(path), path)
+    _fsync_folder(Path(path).parent)
 
 
 def fsync_before_flush(path, data):
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        os.fsync(f.fileno())  # the bytes are still in Python's buffer
-    os.replace(tmp, path)
-    _fsync_folder(path.parent)
+    _write(_tmp(path), data, flush=False)  # the bytes are still in Python's buffer when fsync runs
+    os.replace(_tmp(path), path)
+    _fsync_folder(Path(path).parent)
 
 
 def no_folder_fsync(path, data):
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _write(_tmp(path), data)
+    os.replace(_tmp(path), path)
 
 
 def delete_then_rename(path, data):
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    if path.exists():
+    _write(_tmp(path), data)
+    if Path(path).exists():
         os.remove(path)
-    os.rename(tmp, path)
-    _fsync_folder(path.parent)
+    os.rename(_tmp(path), path)
+    _fsync_folder(Path(path).parent)
 
 
 def temp_in_another_folder(path, data):
@@ -165,24 +144,14 @@ def temp_in_another_folder(path, data):
 
 
 def copy_over(path, data):
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    shutil.copyfile(tmp, path)
+    _write(_tmp(path), data)
+    shutil.copyfile(_tmp(path), path)
 
 
 def leaves_temp_file(path, data):  # the chapter's atomic_save: right, except after a full disk
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_folder(path.parent)
+    _write(_tmp(path), data)
+    os.replace(_tmp(path), path)
+    _fsync_folder(Path(path).parent)
 
 
 def swallows_errors(path, data):
@@ -197,23 +166,6 @@ def swallows_everything(path, data):
         in_place(path, data)
     except BaseException:  # even the crash: the file is broken all the same
         pass
-
-
-@pytest.mark.parametrize("fn, message", [
-    (in_place, "writes over the old file in place"),
-    (no_fsync, "not fsync'ed before the rename"),
-    (fsync_before_flush, "still in Python's buffer"),
-    (no_folder_fsync, "the folder is not fsync'ed after the rename"),
-    (delete_then_rename, "the old file is deleted before the new one"),
-    (temp_in_another_folder, "is not in the target's folder"),
-    (copy_over, "without a rename"),
-    (leaves_temp_file, "leaves model.safetensors.tmp behind"),
-    (swallows_errors, "returns as if the save worked"),
-    (swallows_everything, "leaves a broken file"),
-])
-def test_atomic_write_names_the_mistake(fn, message):
-    with raises_naming(message):
-        course.check_atomic_write(fn)
 
 
 def test_simulate_crashes_tells_naive_from_atomic():
@@ -400,20 +352,6 @@ def reentrant(model, idx):
     return model.lm_head(model.transformer.ln_f(x))
 
 
-@pytest.mark.parametrize("fn", [per_block, in_segments, with_the_library_flag, reentrant])
-def test_checkpointed_forward_passes(fn, capsys):
-    course.check_checkpointed_forward(fn)
-    assert capsys.readouterr().out.startswith(f"\u2713 {fn.__name__} gives model(idx)'s logits and gradients")
-
-
-def test_checkpointed_forward_not_started(capsys):
-    def forward_in_segments(model, idx):
-        ...
-
-    course.check_checkpointed_forward(forward_in_segments)
-    assert "\u270e forward_in_segments returned None" in capsys.readouterr().out
-
-
 def plain(model, idx):
     return model(idx)
 
@@ -438,12 +376,61 @@ def all_without_autograd(model, idx):
         return model(idx)
 
 
-@pytest.mark.parametrize("fn, message", [
-    (plain, "nothing is recomputed"),
-    (blocks_without_autograd, "no gradient reaches"),
-    (without_ln_f, "the final LayerNorm ln_f is missing"),
-    (all_without_autograd, "the logits carry no gradient"),
-])
-def test_checkpointed_forward_names_the_mistake(fn, message):
+# ---------------------------------------------------------------------------------------------
+# what the one-function checks share: right answers pass, the usual mistakes are named, an empty
+# answer gets a reminder
+
+RIGHT_ANSWERS = [
+    *[(course.check_atomic_write, fn, "leaves the old or the new file after a crash") for fn in
+      (atomic_write, atomic_write_mkstemp, atomic_write_named_temporary_file, atomic_write_like_the_library)],
+    *[(course.check_checkpointed_forward, fn, "gives model(idx)'s logits and gradients") for fn in
+      (per_block, in_segments, with_the_library_flag, reentrant)],
+]
+
+
+WRONG_ANSWERS = [
+    *[(course.check_atomic_write, fn, message) for fn, message in [
+        (in_place, "writes over the old file in place"),
+        (no_fsync, "not fsync'ed before the rename"),
+        (fsync_before_flush, "still in Python's buffer"),
+        (no_folder_fsync, "the folder is not fsync'ed after the rename"),
+        (delete_then_rename, "the old file is deleted before the new one"),
+        (temp_in_another_folder, "is not in the target's folder"),
+        (copy_over, "without a rename"),
+        (leaves_temp_file, "leaves model.safetensors.tmp behind"),
+        (swallows_errors, "returns as if the save worked"),
+        (swallows_everything, "leaves a broken file"),
+    ]],
+    *[(course.check_checkpointed_forward, fn, message) for fn, message in [
+        (plain, "nothing is recomputed"),
+        (blocks_without_autograd, "no gradient reaches"),
+        (without_ln_f, "the final LayerNorm ln_f is missing"),
+        (all_without_autograd, "the logits carry no gradient"),
+    ]],
+]
+
+
+def _name(x):
+    return getattr(x, "__name__", None)  # the check and the answer by name; pytest numbers the rest
+
+
+@pytest.mark.parametrize("check, fn, what", RIGHT_ANSWERS, ids=_name)
+def test_right_answers_pass(check, fn, what, capsys):
+    check(fn)
+    assert capsys.readouterr().out.startswith(f"\u2713 {fn.__name__} {what}")
+
+
+@pytest.mark.parametrize("check, fn, message", WRONG_ANSWERS, ids=_name)
+def test_wrong_answers_are_named(check, fn, message):
     with raises_naming(message):
-        course.check_checkpointed_forward(fn)
+        check(fn)
+
+
+@pytest.mark.parametrize("check, reminder", [(course.check_atomic_write, "wrote nothing"),
+                                             (course.check_checkpointed_forward, "returned None")])
+def test_an_empty_answer_gets_a_reminder(check, reminder, capsys):
+    def my_answer(a, b):
+        ...
+
+    check(my_answer)
+    assert f"\u270e my_answer {reminder}: write its body" in capsys.readouterr().out

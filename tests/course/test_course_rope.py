@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mini_gpt import course
+from mini_gpt.course.rope import library_frequencies
 from mini_gpt.rope import RotaryEmbedding
 
 from check_helpers import fails, passes
@@ -59,7 +60,7 @@ def test_frequencies_wrong_answers(wrong, match):
 
 def test_frequencies_are_compared_with_the_library():
     # the check's reference really is what RotaryEmbedding turns pair i by per position
-    theta = course._library_frequencies(16, 10000.0)
+    theta = library_frequencies(16, 10000.0)
     rope = RotaryEmbedding(16, max_len=4)
     torch.testing.assert_close(rope.cos_cached[3, :8].double(), (3 * theta).cos(), rtol=0, atol=1e-6)
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mini_gpt import course
+from mini_gpt.course.sampling import sampling_probs
 from mini_gpt.generate import apply_repetition_penalty, top_k_filter, top_p_filter
 
 from check_helpers import fails, passes
@@ -203,7 +204,7 @@ def test_check_sampling_probs_reference_is_what_generate_samples_from():
     tokens = idx
     with torch.no_grad():
         for _ in range(12):
-            probs = course._sampling_probs(model(tokens)[:, -1], settings["temperature"], settings["top_k"],
-                                           settings["top_p"])
+            probs = sampling_probs(model(tokens)[:, -1], settings["temperature"], settings["top_k"],
+                                   settings["top_p"])
             tokens = torch.cat([tokens, torch.multinomial(probs, 1, generator=g)], dim=1)
     assert torch.equal(out, tokens)

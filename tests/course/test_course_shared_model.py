@@ -9,15 +9,17 @@ import torch
 
 from mini_gpt import course
 from mini_gpt.checkpoint import latest_checkpoint
+from mini_gpt.course import shared  # the recipe and the functions that read it live here
 
 
 @pytest.fixture
 def tiny_recipe(monkeypatch, tmp_path):
     monkeypatch.setenv("MINI_GPT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(course, "SHAKESPEARE_CONFIG", dict(vocab_size=65, block_size=16, n_layer=1, n_head=2, n_embd=32))
+    monkeypatch.setattr(shared, "SHAKESPEARE_CONFIG",
+                        dict(vocab_size=65, block_size=16, n_layer=1, n_head=2, n_embd=32))
     monkeypatch.setattr(
-        course, "SHAKESPEARE_TRAINING",
-        {**course.SHAKESPEARE_TRAINING, "batch_size": 2, "max_iters": 6, "warmup_iters": 2, "eval_interval": 3,
+        shared, "SHAKESPEARE_TRAINING",
+        {**shared.SHAKESPEARE_TRAINING, "batch_size": 2, "max_iters": 6, "warmup_iters": 2, "eval_interval": 3,
          "eval_iters": 2, "log_interval": 1, "dtype": "float32"},
     )
     return tmp_path
@@ -38,7 +40,7 @@ def test_trained_once_then_loaded_from_the_cache(tiny_recipe, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a cached model must not be trained again")
 
-    monkeypatch.setattr(course, "train_shakespeare_model", no_training)
+    monkeypatch.setattr(shared, "train_shakespeare_model", no_training)
     assert _same_weights(first, course.shakespeare_model(progress=False))
     history = course.shakespeare_history()
     assert [r["step"] for r in history] == [1, 2, 3, 4, 5, 6]
@@ -60,7 +62,7 @@ def test_adopting_a_finished_run_skips_training(tiny_recipe, monkeypatch):
     run = tiny_recipe / "run"
     course.train_shakespeare_model(run, progress=False)
     assert course.adopt_shakespeare_model(run) == course.shakespeare_model_dir()
-    monkeypatch.setattr(course, "train_shakespeare_model", lambda *a, **k: pytest.fail("adopted run was retrained"))
+    monkeypatch.setattr(shared, "train_shakespeare_model", lambda *a, **k: pytest.fail("adopted run was retrained"))
     model = course.shakespeare_model(progress=False)
     ckpt = latest_checkpoint(run)
     assert all(torch.equal(ckpt.model_state[k], v) for k, v in model.state_dict().items() if k in ckpt.model_state)
@@ -73,14 +75,14 @@ def test_adopt_refuses_unfinished_or_foreign_runs(tiny_recipe, monkeypatch):
     with pytest.raises(ValueError, match="run_dir"):
         course.adopt_shakespeare_model(run)
     course.train_shakespeare_model(run, progress=False)
-    monkeypatch.setattr(course, "SHAKESPEARE_TRAINING", {**course.SHAKESPEARE_TRAINING, "learning_rate": 1e-3})
+    monkeypatch.setattr(shared, "SHAKESPEARE_TRAINING", {**shared.SHAKESPEARE_TRAINING, "learning_rate": 1e-3})
     with pytest.raises(ValueError, match="recipe"):  # trained with another learning rate
         course.adopt_shakespeare_model(run)
 
 
 def test_the_cache_key_follows_the_recipe(tiny_recipe, monkeypatch):
     before = course.shakespeare_model_dir()
-    monkeypatch.setattr(course, "SHAKESPEARE_TRAINING", {**course.SHAKESPEARE_TRAINING, "seed": 7})
+    monkeypatch.setattr(shared, "SHAKESPEARE_TRAINING", {**shared.SHAKESPEARE_TRAINING, "seed": 7})
     assert course.shakespeare_model_dir() != before
     assert course.shakespeare_model_dir().parent == before.parent
 

@@ -110,11 +110,11 @@ def test_lr_schedule_none_midway_and_wrong_types():
 # ---------------------------------------------------------------------------- gradient clipping
 
 
-def right_clip(grads, max_norm):
+def right_clip(grads, max_norm, *, always=False, upside_down=False):
     norm = torch.sqrt(sum((g**2).sum() for g in grads))
-    if norm > max_norm:
+    if always or norm > max_norm:
         for g in grads:
-            g.mul_(max_norm / norm)
+            g.mul_(norm / max_norm if upside_down else max_norm / norm)
     return norm
 
 
@@ -144,13 +144,8 @@ def test_clip_per_tensor():
 
 
 def test_clip_scales_up_small_gradients():
-    def clip(grads, max_norm):
-        norm = torch.sqrt(sum((g**2).sum() for g in grads))
-        for g in grads:
-            g.mul_(max_norm / norm)
-        return norm
-
-    fails(course.check_clip_grad_norm, clip, r"max_norm=10\.0 .*scaled up to max_norm")
+    fails(course.check_clip_grad_norm, lambda grads, m: right_clip(grads, m, always=True),
+          r"max_norm=10\.0 .*scaled up to max_norm")
 
 
 def test_clip_wrong_norms():
@@ -179,15 +174,8 @@ def test_clip_not_in_place_and_upside_down():
         grads = [g * min(1.0, max_norm / norm) for g in grads]  # rebinds: the caller's tensors stay as they were
         return norm
 
-    def upside_down(grads, max_norm):
-        norm = torch.sqrt(sum((g**2).sum() for g in grads))
-        if norm > max_norm:
-            for g in grads:
-                g.mul_(norm / max_norm)
-        return norm
-
     fails(course.check_clip_grad_norm, copies, r"not changed: scale them in place")
-    fails(course.check_clip_grad_norm, upside_down, r"upside down")
+    fails(course.check_clip_grad_norm, lambda grads, m: right_clip(grads, m, upside_down=True), r"upside down")
     fails(course.check_clip_grad_norm, lambda grads, m: (grads, right_clip(grads, m)), r"return only the global norm")
 
 
