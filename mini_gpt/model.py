@@ -15,6 +15,7 @@ import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -126,25 +127,14 @@ class GPT(nn.Module):
     # ------------------------------------------------------------------ forward
 
     def forward(
-        self,
-        idx: torch.Tensor,
-        *,
-        return_attention: bool = False,
-        kv_cache: KVCache | None = None,
-        position_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
+        self, idx: torch.Tensor, *, return_attention: bool = False, **inputs: Any
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits (B, T, vocab_size) for token ids `idx` (B, T): `hidden_states`, then the head.
 
         return_attention: also return every layer's attention weights, each (B, H, T, S).
-        kv_cache: a `KVCache` holding the earlier tokens; idx then holds only the new ones, and
-            the cache grows by T.
-        position_ids: (B, T) position of every token (default: cached length + 0..T-1);
-            left-padded batches use it so each sequence starts at position 0.
-        attention_mask: bool (B, S), S = cached + T; False marks padding keys to ignore.
+        inputs: `kv_cache`, `position_ids`, `attention_mask`, as `hidden_states` takes them.
         """
-        out = self.hidden_states(idx, return_attention=return_attention, kv_cache=kv_cache,
-                                 position_ids=position_ids, attention_mask=attention_mask)
+        out = self.hidden_states(idx, return_attention=return_attention, **inputs)
         if return_attention:
             x, attentions = out
             return self.lm_head(x), attentions  # (B, T, vocab_size), n_layer x (B, H, T, S)
@@ -162,7 +152,12 @@ class GPT(nn.Module):
         """The final hidden states (B, T, n_embd) for token ids `idx` (B, T): ln_f's output, the
         vectors the head turns into logits (`forward`) and a classifier reads (`finetune`).
 
-        Takes the arguments of `forward`; with return_attention, also every layer's attention.
+        return_attention: also return every layer's attention weights, each (B, H, T, S).
+        kv_cache: a `KVCache` holding the earlier tokens; idx then holds only the new ones, and
+            the cache grows by T.
+        position_ids: (B, T) position of every token (default: cached length + 0..T-1);
+            left-padded batches use it so each sequence starts at position 0.
+        attention_mask: bool (B, S), S = cached + T; False marks padding keys to ignore.
         """
         _, T = self._check_input(idx, kv_cache, position_ids, attention_mask)
         past = kv_cache.length if kv_cache is not None else 0

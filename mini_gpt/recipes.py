@@ -88,6 +88,16 @@ def _recipes(*recipes: Recipe) -> dict[str, Recipe]:
 
 # GPT-2's training shape, shared by its four sizes: 64 windows of 1024 tokens per optimizer step
 _GPT2 = dict(block_size=1024, max_iters=5000, warmup_iters=200, eval_interval=250, eval_iters=20, beta2=0.95)
+_GPT2_WINDOWS_PER_STEP = 64
+
+
+def _gpt2_recipe(size: str, description: str, batch_size: int, learning_rate: float) -> Recipe:
+    """A GPT-2 size on Tiny Shakespeare with GPT-2's tokenizer: micro-batches of `batch_size`,
+    accumulated to 64 windows per step."""
+    return Recipe(size, description, preset=size, tokenizer="gpt2",
+                  train=dict(_GPT2, batch_size=batch_size, grad_accum=_GPT2_WINDOWS_PER_STEP // batch_size,
+                             learning_rate=learning_rate))
+
 
 RECIPES: dict[str, Recipe] = _recipes(
     Recipe(
@@ -110,30 +120,12 @@ RECIPES: dict[str, Recipe] = _recipes(
                    weight_decay=0.1, grad_clip=1.0, eval_interval=250, eval_iters=20, log_interval=10,
                    device="cpu", dtype="auto", seed=1337),
     ),
-    Recipe(
-        "gpt2",
-        "GPT-2 124M on Tiny Shakespeare with GPT-2's tokenizer: a GPU job",
-        preset="gpt2", tokenizer="gpt2",
-        train=dict(_GPT2, batch_size=8, grad_accum=8, learning_rate=6e-4),
-    ),
-    Recipe(
-        "gpt2-medium",
-        "GPT-2 350M: gpt2's recipe in micro-batches of 4, peak learning rate 3e-4",
-        preset="gpt2-medium", tokenizer="gpt2",
-        train=dict(_GPT2, batch_size=4, grad_accum=16, learning_rate=3e-4),
-    ),
-    Recipe(
-        "gpt2-large",
-        "GPT-2 774M: gpt2's recipe in micro-batches of 2, peak learning rate 2.5e-4 (derived, not tuned)",
-        preset="gpt2-large", tokenizer="gpt2",
-        train=dict(_GPT2, batch_size=2, grad_accum=32, learning_rate=2.5e-4),
-    ),
-    Recipe(
-        "gpt2-xl",
-        "GPT-2 1.5B: gpt2's recipe in micro-batches of 1, peak learning rate 2e-4 (derived, not tuned)",
-        preset="gpt2-xl", tokenizer="gpt2",
-        train=dict(_GPT2, batch_size=1, grad_accum=64, learning_rate=2e-4),
-    ),
+    _gpt2_recipe("gpt2", "GPT-2 124M on Tiny Shakespeare with GPT-2's tokenizer: a GPU job", 8, 6e-4),
+    _gpt2_recipe("gpt2-medium", "GPT-2 350M: gpt2's recipe in micro-batches of 4, peak learning rate 3e-4", 4, 3e-4),
+    _gpt2_recipe("gpt2-large", "GPT-2 774M: gpt2's recipe in micro-batches of 2, peak learning rate 2.5e-4 "
+                 "(derived, not tuned)", 2, 2.5e-4),
+    _gpt2_recipe("gpt2-xl", "GPT-2 1.5B: gpt2's recipe in micro-batches of 1, peak learning rate 2e-4 "
+                 "(derived, not tuned)", 1, 2e-4),
 )
 
 
