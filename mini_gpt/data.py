@@ -3,6 +3,10 @@
 A language model learns from windows of `block_size + 1` consecutive tokens: the input `x`
 is the first `block_size` of them and the target `y` is the same window shifted by one, so
 `y[:, t]` is the token that follows `x[:, t]`. Windows start at random offsets.
+
+A tokenizer trained on the data ("bpe:N") must not see the validation text: its merges would
+then be fitted to it, and the validation loss would flatter the model. So for a byte-level BPE
+the text is split first (by characters) and the tokenizer is learned from the training part only.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ from typing import Iterator
 
 import torch
 
+from .bpe import BytePairTokenizer
 from .files import course_file
-from .tokenizer import BPETokenizer, CharTokenizer, get_tokenizer
+from .tokenizer import BPETokenizer, CharTokenizer, get_tokenizer, trained_bpe_size
 from .validation import check_int, check_number
 
-Tokenizer = CharTokenizer | BPETokenizer
+Tokenizer = CharTokenizer | BPETokenizer | BytePairTokenizer
 
 
 def load_text(source: str | os.PathLike = "shakespeare") -> str:
@@ -42,6 +47,14 @@ def split_tokens(tokens: torch.Tensor, val_fraction: float = 0.1) -> tuple[torch
     check_number("val_fraction", val_fraction, min=0.0, max=1.0, max_open=True)
     n_train = int(len(tokens) * (1.0 - val_fraction))
     return tokens[:n_train], tokens[n_train:]
+
+
+def split_text(text: str, val_fraction: float = 0.1) -> tuple[str, str]:
+    """The first (1 - val_fraction) of the characters for training, the rest for validation: the
+    split of `split_tokens`, made before tokenizing, for a tokenizer that is learned from the data."""
+    check_number("val_fraction", val_fraction, min=0.0, max=1.0, max_open=True)
+    n_train = int(len(text) * (1.0 - val_fraction))
+    return text[:n_train], text[n_train:]
 
 
 def get_batch(
@@ -136,11 +149,24 @@ class TextDataset:
 
     @classmethod
     def from_text(cls, text: str, tokenizer: str | Tokenizer = "char", val_fraction: float = 0.1) -> "TextDataset":
-        """tokenizer: 'char' (built from this text), 'gpt2', or a tokenizer object."""
-        if isinstance(tokenizer, str):
+        """tokenizer: 'char' (built from this text), 'gpt2', 'bpe:N' (a BPE of N ids learned from the
+        training part of this text only), or a tokenizer object.
+
+        'char' and 'gpt2' tokenize the whole text and split its tokens. A byte-level BPE ('bpe:N'
+        or a `BytePairTokenizer`) splits the text instead (`split_text`), so the merges are learned
+        without the validation text, and a trained model is later evaluated on the same tail.
+        """
+        if isinstance(tokenizer, str) and trained_bpe_size(tokenizer) is not None:
+            train_text, _ = split_text(text, val_fraction)
+            tokenizer = get_tokenizer(tokenizer, train_text)
+        elif isinstance(tokenizer, str):
             tokenizer = get_tokenizer(tokenizer, text)
-        tokens = torch.tensor(tokenizer.encode(text), dtype=torch.long)
-        train, val = split_tokens(tokens, val_fraction)
+        if isinstance(tokenizer, BytePairTokenizer):
+            parts = split_text(text, val_fraction)
+            train, val = (torch.tensor(tokenizer.encode(part), dtype=torch.long) for part in parts)
+        else:
+            tokens = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+            train, val = split_tokens(tokens, val_fraction)
         return cls(tokenizer, train, val)
 
     @property
@@ -162,7 +188,8 @@ class TextDataset:
 def load_dataset(
     source: str | os.PathLike = "shakespeare", tokenizer: str | Tokenizer = "char", val_fraction: float = 0.1
 ) -> TextDataset:
-    """Read a text ('shakespeare' or a file path), tokenize it and split it 90/10 by default."""
+    """Read a text ('shakespeare' or a file path), tokenize it and split it 90/10 by default
+    (tokenizer: 'char', 'gpt2', 'bpe:N' or a tokenizer object; see `TextDataset.from_text`)."""
     return TextDataset.from_text(load_text(source), tokenizer, val_fraction)
 
 

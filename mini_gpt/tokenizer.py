@@ -4,6 +4,8 @@
   exact, and easy to read; saved as JSON (never pickle).
 - `BPETokenizer("gpt2")`: GPT-2's byte-pair encoding (50257 ids), run by tiktoken, built from
   the course's verified copy of the vocabulary so it works offline through `MINI_GPT_DATA`.
+- `"bpe:N"`: a byte-level BPE of N ids learned from a text by `mini_gpt.bpe.train_bpe` (the data
+  API learns it from the training split only; see `mini_gpt.data`).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from .bpe import BytePairTokenizer, train_bpe
 from .files import course_file
-from .validation import check_choice
+from .validation import WrongKindError, check_choice
 
 
 def _check_ids(ids: Iterable[int], vocab_size: int) -> list[int]:
@@ -149,14 +152,42 @@ def _read_tiktoken_ranks(path: Path) -> dict[bytes, int]:
     return ranks
 
 
-# what `get_tokenizer` (and so `load_dataset` and `mini-gpt train --tokenizer`) accepts
+# what `get_tokenizer` (and so `load_dataset` and `mini-gpt train --tokenizer`) accepts, besides
+# "bpe:N" (a BPE of N ids trained on the text; N >= 256, the bytes)
 TOKENIZER_NAMES = ("char", *BPETokenizer.NAMES)
+TRAINED_BPE_PREFIX = "bpe:"
+MIN_BPE_SIZE = 256  # the 256 byte ids come before any merge
 
 
-def get_tokenizer(name: str, text: str | None = None) -> CharTokenizer | BPETokenizer:
-    """'char' (built from `text`) or a BPE name ('gpt2')."""
-    if name == "char":
+def trained_bpe_size(name: str) -> int | None:
+    """N for a tokenizer name "bpe:N", None for the other names; a bad name raises (see
+    `check_tokenizer_name`)."""
+    name = check_tokenizer_name(name)
+    return int(name[len(TRAINED_BPE_PREFIX):]) if name.startswith(TRAINED_BPE_PREFIX) else None
+
+
+def check_tokenizer_name(name: str) -> str:
+    """`name` if it is a tokenizer name: 'char', 'gpt2', 'r50k_base' or 'bpe:N' with N an int >= 256
+    (returned as written, except that N loses any leading zeros: 'bpe:0300' -> 'bpe:300')."""
+    allowed = f"one of {', '.join(map(repr, TOKENIZER_NAMES))} or 'bpe:N' (N an int >= {MIN_BPE_SIZE})"
+    if not isinstance(name, str):
+        raise WrongKindError(f"tokenizer must be {allowed}, got {type(name).__name__}")
+    if name in TOKENIZER_NAMES:
+        return name
+    if name.startswith(TRAINED_BPE_PREFIX):
+        size = name[len(TRAINED_BPE_PREFIX):]
+        # digits only: int() would also take " 300", "+300" and "3_00"
+        if size.isascii() and size.isdigit() and int(size) >= MIN_BPE_SIZE:
+            return f"{TRAINED_BPE_PREFIX}{int(size)}"
+    raise ValueError(f"tokenizer must be {allowed}, got {name!r}")
+
+
+def get_tokenizer(name: str, text: str | None = None) -> CharTokenizer | BPETokenizer | BytePairTokenizer:
+    """'char' (built from `text`), a BPE name ('gpt2'), or 'bpe:N' (a BPE of N ids trained on `text`)."""
+    name = check_tokenizer_name(name)
+    size = trained_bpe_size(name)
+    if name == "char" or size is not None:
         if text is None:
-            raise ValueError("the 'char' tokenizer is built from a text: pass text=")
-        return CharTokenizer.from_text(text)
-    return BPETokenizer(check_choice("tokenizer", name, TOKENIZER_NAMES))
+            raise ValueError(f"the {name!r} tokenizer is built from a text: pass text=")
+        return CharTokenizer.from_text(text) if size is None else train_bpe(text, size)
+    return BPETokenizer(name)

@@ -99,3 +99,55 @@ def test_bad_sources(tmp_path):
         load_text(tmp_path / "latin1.txt")
     with pytest.raises(ValueError, match="split must be 'train' or 'val'"):
         load_dataset("shakespeare").split("test")
+
+
+# ---------------------------------------------------------------------------------------------
+# a byte-level BPE learned from the data ("bpe:N")
+
+TRAIN_PART = load_text("shakespeare")[:4500]
+
+
+def test_bpe_n_learns_its_merges_from_the_training_split_only():
+    from mini_gpt.bpe import train_bpe
+    from mini_gpt.data import TextDataset, split_text
+
+    # two texts with the same first 90% of characters and very different last 10%
+    a = TRAIN_PART + "zzzz qqqq " * 50
+    b = TRAIN_PART + "xyxy wvwv " * 50
+    assert split_text(a)[0] == split_text(b)[0] and TRAIN_PART.startswith(split_text(a)[0])
+    da, db = TextDataset.from_text(a, "bpe:300"), TextDataset.from_text(b, "bpe:300")
+    assert da.tokenizer == db.tokenizer == train_bpe(split_text(a)[0], 300)
+    # a tokenizer fitted to the validation text would have merged its frequent pairs
+    assert not {da.tokenizer.decode([i]) for i in range(256, da.vocab_size)} & {"zz", "qq", " zz", " qq"}
+    assert da.vocab_size == 300
+    assert da.tokenizer.decode(da.train.tolist()) == split_text(a)[0]
+    assert da.tokenizer.decode(da.val.tolist()) == split_text(a)[1]
+    x, y = next(da.batches("train", 2, 8, seed=0))
+    assert x.shape == (2, 8) and torch.equal(x[:, 1:], y[:, :-1]) and int(x.max()) < 300
+
+
+def test_a_bytepair_tokenizer_object_splits_the_text_the_same_way(tmp_path):
+    from mini_gpt.data import TextDataset
+
+    path = tmp_path / "t.txt"
+    path.write_text(TRAIN_PART, "utf-8")
+    trained = load_dataset(path, "bpe:280", val_fraction=0.2)
+    again = TextDataset.from_text(path.read_text("utf-8"), trained.tokenizer, val_fraction=0.2)
+    assert torch.equal(again.train, trained.train) and torch.equal(again.val, trained.val)
+
+
+def test_tokenizer_names():
+    from mini_gpt.tokenizer import check_tokenizer_name, get_tokenizer, trained_bpe_size
+
+    assert [trained_bpe_size(n) for n in ("char", "gpt2", "bpe:256", "bpe:0300")] == [None, None, 256, 300]
+    assert check_tokenizer_name("bpe:0300") == "bpe:300"
+    for bad in ("bpe:255", "bpe:", "bpe:3e2", "bpe: 300", "bpe:-300", "bpe:+300", "bpe:3_00", "BPE:300", "words"):
+        with pytest.raises(ValueError, match=r"tokenizer must be one of 'char', 'gpt2', 'r50k_base' or 'bpe:N' "
+                                             r"\(N an int >= 256\), got"):
+            check_tokenizer_name(bad)
+    with pytest.raises(TypeError, match="tokenizer must be .*, got int"):
+        check_tokenizer_name(300)
+    with pytest.raises(ValueError, match=r"the 'bpe:300' tokenizer is built from a text: pass text="):
+        get_tokenizer("bpe:300")
+    with pytest.raises(ValueError, match="tokenizer must be"):
+        load_dataset("shakespeare", "bpe:12")
