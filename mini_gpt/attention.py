@@ -11,6 +11,13 @@ output is the weighted sum of the values. Two paths compute the same numbers:
 
 `KVCache` keeps the keys and values of earlier tokens so that generation feeds only the new
 token instead of re-running the whole sequence.
+
+Grouped-query attention (GQA, `config.n_kv_head < n_head`): the queries keep n_head heads, but
+there are only n_kv_head heads of keys and values, each shared by n_head // n_kv_head
+consecutive query heads (n_kv_head = 1 is multi-query attention). The cache then stores
+n_kv_head heads, so it shrinks by n_head / n_kv_head, which is what makes long contexts cheap
+to decode. QK-norm (`config.qk_norm`) RMSNorms every head's queries and keys before RoPE, which
+bounds the attention logits and steadies training at high learning rates.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from torch import nn
 from .config import GPTConfig
 from .linear import Linear
 from .masks import apply_mask, causal_mask, offset_causal_mask
+from .norm import RMSNorm
 from .rope import RotaryEmbedding
 from .validation import check_choice, check_int
 
@@ -33,7 +41,8 @@ ATTENTION_IMPLS = ("sdpa", "explicit")
 class KVCache:
     """Keys and values of the tokens seen so far, for every layer, in preallocated tensors.
 
-    `k` and `v` have shape (n_layer, B, H, max_len, hs). They are allocated by the first
+    `k` and `v` have shape (n_layer, B, H, max_len, hs), H the model's key/value heads
+    (`config.kv_heads`: n_head, or fewer with grouped-query attention). They are allocated by the first
     `update`, which reads B, H, hs, dtype and device off the keys it is given (so the cache
     matches whatever the model computes, e.g. bf16 under autocast). `length` says how many
     positions are filled; every layer of one forward pass writes at the same positions, and the
@@ -55,6 +64,17 @@ class KVCache:
         """A cache sized for `model` (a GPT); max_len defaults to its block_size."""
         config = model.config
         return cls(config.n_layer, config.block_size if max_len is None else max_len)
+
+    @staticmethod
+    def bytes_per_token(config: GPTConfig, dtype: torch.dtype = torch.float32) -> int:
+        """Cache memory one token takes in one sequence: a key and a value per layer and kv head,
+        2 * n_layer * kv_heads * head_dim numbers of `dtype`."""
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
+        if not isinstance(dtype, torch.dtype):
+            raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got {type(dtype).__name__}")
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        return 2 * config.n_layer * config.kv_heads * config.head_dim * itemsize
 
     @property
     def batch_size(self) -> int | None:
@@ -134,21 +154,30 @@ class KVCache:
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention with GPT-2's weight names (`c_attn`, `c_proj`)."""
+    """Multi-head (or grouped-query) causal self-attention with GPT-2's weight names (`c_attn`, `c_proj`)."""
 
     def __init__(self, config: GPTConfig, layer_idx: int = 0) -> None:
         super().__init__()
         self.n_head = config.n_head
+        self.n_kv_head = config.kv_heads
         self.n_embd = config.n_embd
         self.head_dim = config.head_dim
         self.layer_idx = layer_idx  # which slot of a KVCache this layer uses
-        # q, k and v for all heads in one matmul: n_embd -> 3 * n_embd
-        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        # q, k and v for all heads in one matmul: n_embd -> (n_head + 2 * n_kv_head) * head_dim
+        # (3 * n_embd without GQA); the output is split as [q | k | v]
+        self.kv_dim = self.n_kv_head * self.head_dim
+        self.c_attn = Linear(config.n_embd, config.n_embd + 2 * self.kv_dim, bias=config.bias)
         # mixes the heads' outputs back into the residual stream
         self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
+        if config.qk_norm:
+            # one gain per head dimension, shared by the heads (as in Qwen3 and OLMo 2)
+            self.q_norm = RMSNorm(config.head_dim, eps=config.layer_norm_eps)
+            self.k_norm = RMSNorm(config.head_dim, eps=config.layer_norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
         self.rotary = (
             RotaryEmbedding(config.head_dim, config.block_size, base=config.rope_base)
             if config.pos_encoding == "rope"
@@ -165,7 +194,8 @@ class CausalSelfAttention(nn.Module):
         self._impl = check_choice("impl", value, ATTENTION_IMPLS)
 
     def extra_repr(self) -> str:
-        return f"n_head={self.n_head}, head_dim={self.head_dim}, impl={self.impl!r}"
+        kv = f", n_kv_head={self.n_kv_head}" if self.n_kv_head != self.n_head else ""
+        return f"n_head={self.n_head}{kv}, head_dim={self.head_dim}, impl={self.impl!r}"
 
     def forward(
         self,
@@ -186,18 +216,21 @@ class CausalSelfAttention(nn.Module):
         past = kv_cache.length if kv_cache is not None else 0
         S = past + T  # keys this pass attends to
 
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
+        q, k, v = self.c_attn(x).split((self.n_embd, self.kv_dim, self.kv_dim), dim=2)  # (B, T, C), 2 x (B, T, kv)
         # split the channels into heads and bring heads forward: attention runs per head
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
 
         if self.rotary is not None:
             # rotate by absolute position; the cached keys were rotated when they were new
             q, k = self.rotary(q, k, offset=past, position_ids=position_ids)
 
         if kv_cache is not None:
-            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, S, hs) each
+            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nkv, S, hs) each: only the kv heads
             if k.dtype != q.dtype:
                 k, v = k.to(q.dtype), v.to(q.dtype)
 
@@ -245,6 +278,12 @@ class CausalSelfAttention(nn.Module):
     def _explicit(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.n_kv_head != self.n_head:
+            # GQA written out: give every query head a copy of its group's keys and values
+            # (query head h reads kv head h // group, as in Llama's `repeat_kv`)
+            group = self.n_head // self.n_kv_head
+            k = k.repeat_interleave(group, dim=1)  # (B, nh, S, hs)
+            v = v.repeat_interleave(group, dim=1)  # (B, nh, S, hs)
         # how well each query matches each key, scaled so the scores' variance stays ~1 and
         # softmax does not saturate as the head size grows
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))  # (B, nh, T, S)
@@ -261,6 +300,8 @@ class CausalSelfAttention(nn.Module):
     def _sdpa(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool
     ) -> torch.Tensor:
+        # with GQA the fused kernel shares each kv head across its group itself (no copies)
+        gqa = {"enable_gqa": True} if self.n_kv_head != self.n_head else {}
         return F.scaled_dot_product_attention(
             q,
             k,
@@ -268,4 +309,5 @@ class CausalSelfAttention(nn.Module):
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=is_causal,
+            **gqa,
         )  # (B, nh, T, hs)

@@ -3,17 +3,22 @@
 GPT-2 is "pre-norm": each sub-layer reads a LayerNorm'ed copy of the residual stream and *adds*
 its result back, x = x + f(ln(x)). The un-normalised residual path runs straight from the
 embeddings to the output, which keeps gradients healthy in deep stacks.
+
+The norm is LayerNorm or RMSNorm (`config.norm`, see `norm.py`), the MLP GPT-2's GELU MLP or
+Llama's SwiGLU (`config.mlp`).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import CausalSelfAttention, KVCache
 from .config import GPTConfig
 from .linear import Linear
+from .norm import make_norm
 
 
 class MLP(nn.Module):
@@ -21,11 +26,12 @@ class MLP(nn.Module):
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        hidden = config.mlp_hidden_size  # 4 * n_embd unless config.mlp_hidden says otherwise
+        self.c_fc = Linear(config.n_embd, hidden, bias=config.bias)
         # GPT-2 was trained with the tanh approximation of GELU ("gelu_new" in transformers);
         # the exact erf GELU would drift from its logits by ~1e-3
         self.gelu = nn.GELU(approximate="tanh")
-        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -33,15 +39,41 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(x))  # (B, T, C)
 
 
+class SwiGLU(nn.Module):
+    """Llama's MLP: c_proj(silu(gate) * up), where [gate | up] = c_fc(x) (Shazeer, 2020).
+
+    One branch decides, token by token and channel by channel, how much of the other passes
+    (a gated linear unit); SiLU(z) = z * sigmoid(z) makes the gate smooth. It has three
+    matrices where GELU's MLP has two, so its hidden width defaults to 2/3 of 4 * n_embd.
+    `c_fc` holds Llama's gate_proj and up_proj stacked, so both are one matmul.
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.hidden = config.mlp_hidden_size
+        self.c_fc = Linear(config.n_embd, 2 * self.hidden, bias=config.bias)  # rows: [gate | up]
+        self.c_proj = Linear(self.hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.c_fc(x).split(self.hidden, dim=-1)  # 2 x (B, T, hidden)
+        return self.dropout(self.c_proj(F.silu(gate) * up))  # (B, T, C)
+
+
+def make_mlp(config: GPTConfig) -> nn.Module:
+    """The MLP `config.mlp` names: "gelu" (GPT-2) or "swiglu" (Llama)."""
+    return SwiGLU(config) if config.mlp == "swiglu" else MLP(config)
+
+
 class Block(nn.Module):
     """x -> x + attn(ln_1(x)) -> x + mlp(ln_2(x))."""
 
     def __init__(self, config: GPTConfig, layer_idx: int = 0) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config, layer_idx=layer_idx)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
-        self.mlp = MLP(config)
+        self.ln_2 = make_norm(config)
+        self.mlp = make_mlp(config)
         self.activation_checkpointing = config.activation_checkpointing
 
     def forward(

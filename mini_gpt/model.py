@@ -5,10 +5,14 @@
 
 The weight names are GPT-2's (`wte`, `wpe`, `h`, `ln_f`, `c_attn`, `c_proj`, `c_fc`), so OpenAI's
 weights load by name (`GPT.from_gpt2`) and give the same logits as Hugging Face `transformers`.
+The same class builds a Llama-style model when the config asks for it (RMSNorm for `ln_*`,
+SwiGLU, grouped-query attention, an untied head); `GPT.from_llama` loads Llama weights into it
+(the renaming is in `llama.py`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -25,6 +29,7 @@ from .attention import ATTENTION_IMPLS, CausalSelfAttention, KVCache
 from .block import Block
 from .config import GPTConfig
 from .linear import Linear
+from .norm import make_norm
 from .validation import check_choice, check_int
 
 # short names -> Hugging Face repositories holding GPT-2-layout `model.safetensors`
@@ -71,12 +76,13 @@ class GPT(nn.Module):
         # "sinusoidal" adds fixed vectors (no parameters); "rope" rotates q and k in every layer
         modules["drop"] = nn.Dropout(config.dropout)
         modules["h"] = nn.ModuleList(Block(config, layer_idx=i) for i in range(config.n_layer))
-        modules["ln_f"] = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        modules["ln_f"] = make_norm(config)
         self.transformer = nn.ModuleDict(modules)
         self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
-        # weight tying: reading a token (wte) and writing it (lm_head) share one matrix, as in
-        # GPT-2; it saves vocab_size * n_embd parameters and trains the rows of rare tokens
-        self.transformer.wte.weight = self.lm_head.weight
+        if config.tie_embeddings:
+            # weight tying: reading a token (wte) and writing it (lm_head) share one matrix, as in
+            # GPT-2; it saves vocab_size * n_embd parameters and trains the rows of rare tokens
+            self.transformer.wte.weight = self.lm_head.weight
 
         self.apply(self._init_weights)
         # GPT-2's scaled init: each block adds two projections onto the residual stream, so its
@@ -93,12 +99,12 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        # LayerNorm keeps PyTorch's default: weight 1, bias 0
+        # LayerNorm and RMSNorm keep their defaults: weight 1 (and bias 0)
 
     # ------------------------------------------------------------------ sizes and settings
 
     def num_parameters(self, *, include_position_embeddings: bool = True) -> int:
-        """Number of parameters; the tied head is counted once (it *is* wte).
+        """Number of parameters; a tied head is counted once (it *is* wte), an untied one apart.
 
         include_position_embeddings=False leaves out the learned position table `wpe` (a lookup,
         no compute), as nanoGPT's `get_num_params(non_embedding=True)` does; wte stays, because
@@ -275,7 +281,28 @@ class GPT(nn.Module):
                 )
         return B, T
 
-    # ------------------------------------------------------------------ GPT-2 weights
+    # ------------------------------------------------------------------ GPT-2 and Llama weights
+
+    @classmethod
+    def from_llama(
+        cls,
+        source: str | os.PathLike | Mapping[str, torch.Tensor],
+        *,
+        config: Mapping[str, Any] | Any | None = None,
+        device: torch.device | str | None = None,
+    ) -> GPT:
+        """A GPT holding the weights of a Hugging Face `LlamaForCausalLM`, in eval mode; its
+        logits equal `transformers`' on the same weights, and so does greedy generation.
+
+        source: a folder holding `config.json` and `model.safetensors`; a state dict in Hugging
+            Face's layout (`model.layers.0.self_attn.q_proj.weight`, ...), with its `config`
+            (the dict of config.json or a `transformers.LlamaConfig`); or a Hub model name
+            (e.g. "TinyLlama/TinyLlama-1.1B-Chat-v1.0"), downloaded only when online. Only
+            safetensors files are read: loading them cannot execute code.
+        """
+        from .llama import load_llama  # llama.py builds on this module, so it is imported late
+
+        return load_llama(source, config=config, device=device)
 
     @classmethod
     def from_gpt2(
@@ -292,7 +319,8 @@ class GPT(nn.Module):
             "gpt2-medium", "gpt2-large", "gpt2-xl", "openai-community/gpt2", ...) downloaded
             from the Hugging Face Hub when online. Only safetensors files are read: unlike
             pickled `.bin` checkpoints, loading them cannot execute code.
-        n_head: heads per layer; by default n_embd // 64, since GPT-2's head size is 64 (the
+        n_head: heads per layer; by default the `n_head` of a folder's `config.json` (as
+            `export.to_hf` writes it), else n_embd // 64, since GPT-2's head size is 64 (the
             weights do not record it).
         """
         weights = _read_gpt2_weights(source)
@@ -312,6 +340,8 @@ class GPT(nn.Module):
         layers = {int(m.group(1)) for k in sd if (m := re.match(r"h\.(\d+)\.", k))}
         if not layers:
             raise ValueError("not GPT-2 weights: no transformer blocks (keys 'h.0.*', 'h.1.*', ...)")
+        if n_head is None:
+            n_head = _n_head_of_folder(source)
         if n_head is None:
             if n_embd % 64:
                 raise ValueError(f"n_embd={n_embd} is not a multiple of GPT-2's head size 64; pass n_head=")
@@ -374,6 +404,18 @@ class GPT(nn.Module):
             if buf.is_meta:  # none for GPT-2 today; a derived buffer would need recomputing
                 raise RuntimeError(f"buffer {name} was not initialised")
         return model.eval()
+
+
+def _n_head_of_folder(source: object) -> int | None:
+    """The head count a Hugging Face GPT-2 folder's config.json records, if `source` is one."""
+    if not isinstance(source, (str, os.PathLike)) or not (Path(source).expanduser() / "config.json").is_file():
+        return None
+    try:
+        config = json.loads((Path(source).expanduser() / "config.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    n_head = config.get("n_head") if isinstance(config, dict) and config.get("model_type") == "gpt2" else None
+    return n_head if isinstance(n_head, int) and not isinstance(n_head, bool) and n_head > 0 else None
 
 
 def _read_gpt2_weights(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:

@@ -120,6 +120,14 @@ RECIPES: dict[str, Recipe] = _recipes(
                    weight_decay=0.1, grad_clip=1.0, eval_interval=250, eval_iters=20, log_interval=10,
                    device="cpu", dtype="auto", seed=1337),
     ),
+    Recipe(
+        "llama-style",
+        # shakespeare-char's recipe for the same size of model built the Llama way (see the preset)
+        "shakespeare-char's size and recipe with Llama's blocks: RMSNorm, SwiGLU, RoPE, grouped-query attention",
+        preset="llama-style",
+        train=dict(batch_size=32, max_iters=2000, learning_rate=2e-3, warmup_iters=100, eval_interval=250,
+                   eval_iters=20, weight_decay=0.1, beta2=0.99),
+    ),
     _gpt2_recipe("gpt2", "GPT-2 124M on Tiny Shakespeare with GPT-2's tokenizer: a GPU job", 8, 6e-4),
     _gpt2_recipe("gpt2-medium", "GPT-2 350M: gpt2's recipe in micro-batches of 4, peak learning rate 3e-4", 4, 3e-4),
     _gpt2_recipe("gpt2-large", "GPT-2 774M: gpt2's recipe in micro-batches of 2, peak learning rate 2.5e-4 "
