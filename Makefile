@@ -12,7 +12,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=23.1"
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,book,hub]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,book,hub,onnx]"
 	touch $(STAMP)
 
 book: setup
