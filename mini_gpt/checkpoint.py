@@ -6,11 +6,18 @@ A checkpoint is a folder `ckpt-<step>` holding only files that cannot run code w
     optim.safetensors   the optimizer's tensors (Adam moments, step counts) and RNG states
     state.json          step, configs, data-stream position, Python RNG, optimizer hyper-parameters,
                         and the tokenizer (a CharTokenizer's characters, or a BPE tokenizer's name)
+    tokenizer.json      only for a byte-level BPE trained on the data ("bpe:N"): its merges, saved
+                        by `BytePairTokenizer.save` (JSON with a sha256 that `load` checks)
 
 Writes are atomic (`atomic.folder_swap`): everything goes into a hidden temp folder, each file is
 fsync'ed, the folder is renamed to its final name (one atomic step), and the parent is fsync'ed.
 A crash at any moment leaves either the new checkpoint whole or no trace of it, and the previous
 one untouched. The last `keep` checkpoints are kept; `latest_checkpoint` skips any that fail to load.
+
+Training also keeps the checkpoint of its lowest validation loss so far in `<out>/best/`, as a
+training folder of its own holding one `ckpt-<step>` (written the same way, the older one removed
+after the new one is whole), so `load_checkpoint("<out>/best")` loads it and a kill while it is
+written leaves the previous best. `list_checkpoints("<out>")` does not list it.
 """
 
 from __future__ import annotations
@@ -29,11 +36,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import atomic
+from .bpe import BytePairTokenizer
 from .config import GPTConfig
 from .tokenizer import BPETokenizer, CharTokenizer
 
 CKPT_PATTERN = re.compile(r"^ckpt-(\d{8,})$")
+BEST_DIR = "best"  # <out>/best: the checkpoint of the lowest validation loss so far
 FORMAT_VERSION = 1
+TOKENIZER_FILE = "tokenizer.json"  # a trained BytePairTokenizer, beside state.json
 
 
 class CheckpointError(RuntimeError):
@@ -49,12 +59,17 @@ class Checkpoint:
     optim_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
 
-    def tokenizer(self) -> CharTokenizer | BPETokenizer | None:
+    def tokenizer(self) -> CharTokenizer | BPETokenizer | BytePairTokenizer | None:
         tok = self.state.get("tokenizer")
         if tok is None:
             return None
         if tok["type"] == "char":
             return CharTokenizer(tok["chars"])
+        if tok["type"] == "bytepair":
+            try:
+                return BytePairTokenizer.load(self.path / TOKENIZER_FILE)
+            except (OSError, ValueError) as exc:
+                raise CheckpointError(f"checkpoint {self.path} has no loadable tokenizer: {exc}") from exc
         return BPETokenizer(tok["name"])
 
 
@@ -87,6 +102,8 @@ def save_checkpoint(
             optim_tensors, optim_meta = _flatten_optimizer(optimizer) if optimizer is not None else ({}, None)
             optim_tensors.update(_rng_tensors())
             atomic.write_durably(tmp / "optim.safetensors", lambda p: save_file(optim_tensors, str(p)))
+            if isinstance(tokenizer, BytePairTokenizer):
+                tokenizer.save(tmp / TOKENIZER_FILE)
             state = {
                 "format_version": FORMAT_VERSION,
                 "step": step,
@@ -165,7 +182,9 @@ def _tokenizer_to_json(tok) -> dict[str, Any] | None:
         return {"type": "char", "chars": tok.chars}
     if isinstance(tok, BPETokenizer):
         return {"type": "bpe", "name": tok.name}
-    raise TypeError(f"tokenizer must be a CharTokenizer or BPETokenizer, got {type(tok).__name__}")
+    if isinstance(tok, BytePairTokenizer):  # its merges are in TOKENIZER_FILE
+        return {"type": "bytepair", "vocab_size": tok.vocab_size}
+    raise TypeError(f"tokenizer must be a CharTokenizer, BPETokenizer or BytePairTokenizer, got {type(tok).__name__}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,7 +248,10 @@ def restore_model(ckpt: Checkpoint, model: torch.nn.Module) -> None:
 
 
 def _is_tied(model: torch.nn.Module, key: str) -> bool:
-    return key == "lm_head.weight" and getattr(unwrap_model(model), "lm_head", None) is not None
+    # only a head that *is* the embedding may be missing: an untied head (Llama-style) is a weight
+    m = unwrap_model(model)
+    head, wte = getattr(m, "lm_head", None), getattr(getattr(m, "transformer", None), "wte", None)
+    return key == "lm_head.weight" and head is not None and wte is not None and head.weight is wte.weight
 
 
 def restore_training_state(

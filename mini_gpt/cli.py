@@ -1,4 +1,4 @@
-"""The `mini-gpt` command: train, eval, sample, bench, files."""
+"""The `mini-gpt` command: train, eval, sample, export, bench, files."""
 
 from __future__ import annotations
 
@@ -37,6 +37,15 @@ _positive_int = _flag_type(Rule("int", min=1))
 _non_negative_int = _flag_type(Rule("int", min=0))
 
 
+def _temperatures(text: str) -> tuple[float, ...]:
+    """'0.7,1.0' -> (0.7, 1.0): temperatures > 0."""
+    positive = _flag_type(Rule("number", min=0.0, min_open=True))
+    values = tuple(positive(part) for part in text.split(",") if part.strip())
+    if not values:
+        raise argparse.ArgumentTypeError(f"must be comma-separated numbers > 0, got {text!r}")
+    return values
+
+
 # ---------------------------------------------------------------------------------------------
 # train
 
@@ -53,13 +62,21 @@ def _add_train_flags(t: argparse.ArgumentParser) -> None:
     rule and help: unset, each one takes the recipe's value, else TrainConfig's default."""
     from .config import FIELD_RULES
     from .recipes import RECIPES
-    from .tokenizer import TOKENIZER_NAMES
+    from .tokenizer import TOKENIZER_NAMES, check_tokenizer_name
     from .train import TrainConfig
 
     t.add_argument("--preset", default="shakespeare-char", choices=list(RECIPES),
                    help="the recipe: model, data and training (listed below; default: shakespeare-char)")
     t.add_argument("--data", help="'shakespeare' or the path of a UTF-8 text file (default: the preset's)")
-    t.add_argument("--tokenizer", choices=TOKENIZER_NAMES, help="default: the preset's")
+    def tokenizer_name(text: str) -> str:
+        try:
+            return check_tokenizer_name(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix("tokenizer ")) from None
+
+    t.add_argument("--tokenizer", type=tokenizer_name, metavar="{" + ",".join(TOKENIZER_NAMES) + ",bpe:N}",
+                   help="bpe:N learns a byte-level BPE of N ids from the training split and saves it with "
+                        "the checkpoints (default: the preset's)")
     for name in _MODEL_FLAGS:
         rule = FIELD_RULES[name]
         t.add_argument("--" + name.replace("_", "-"), dest=name, metavar=name.upper(), type=_flag_type(rule),
@@ -157,6 +174,8 @@ def _plot_losses(out: Path) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
     from .checkpoint import CheckpointError, load_checkpoint, load_model
     from .data import TextDataset, load_text
     from .train import evaluate, resolve_device
@@ -173,13 +192,88 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     data = TextDataset.from_text(text, tokenizer)
     tc = ckpt.state.get("train_config", {})
     block = args.block_size or tc.get("block_size") or model.config.block_size
+    try:
+        report = _eval_report(model, tokenizer, data.split(args.split), args)
+    except ValueError as exc:  # e.g. a split too short for the multiple-choice task
+        print(f"mini-gpt eval: error: {exc}", file=sys.stderr)
+        return 2
+    # the estimate training logs as val_loss (random windows, a fixed seed): comparable with metrics.jsonl
     result = evaluate(model, data, batch_size=args.batch_size, block_size=block, iters=args.iters, device=device,
                       split=args.split, seed=args.seed)
     s = args.split
+    report["batches"] = {"loss": result[f"{s}_loss"], "perplexity": result[f"{s}_ppl"], "accuracy": result[f"{s}_acc"],
+                         "iters": args.iters, "batch_size": args.batch_size, "block_size": block}
+    report = {"checkpoint": str(ckpt.path), "step": ckpt.step, "split": s, **report}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    _print_eval_report(report)
     print(f"{ckpt.path} (step {ckpt.step}), {s} split, {args.iters} batches of {args.batch_size}x{block} tokens:")
     print(f"  loss {result[f'{s}_loss']:.4f}   perplexity {result[f'{s}_ppl']:.3f}   "
           f"next-token accuracy {result[f'{s}_acc']:.4f}")
     return 0
+
+
+def _eval_report(model, tokenizer, ids, args: argparse.Namespace) -> dict:
+    """Every measure of `mini_gpt.evaluate` on the split's tokens `ids`, as plain numbers."""
+    import math
+
+    from .evaluate import bootstrap_interval, calibration_bins, evaluate_tokens, multiple_choice, next_line_task
+    from .generation_quality import sample_quality
+
+    ids = ids[:args.max_tokens] if args.max_tokens else ids
+    text = tokenizer.decode(ids.tolist())
+    n_bytes = len(tokenizer.decode(ids[1:].tolist()).encode("utf-8"))
+    stream = evaluate_tokens(model, ids, n_bytes=n_bytes, stride=args.stride, batch_size=args.batch_size)
+    block = model.config.block_size
+    # neighbouring tokens are correlated: resample windows' worth of them together
+    loss = bootstrap_interval(stream.losses, block=min(block, stream.n_tokens), seed=args.seed)
+    cal = calibration_bins(stream.confidence, stream.correct)
+    # options of at most half the context (in characters, so in tokens too), after as much context as fits
+    items = next_line_task(text, args.choice_items, max_chars=max(3, block // 2), seed=args.seed)
+    choice = multiple_choice(model, tokenizer, items)
+    choice_iv = bootstrap_interval(choice.correct.double(), seed=args.seed)
+    length = max(1, min(100, block - 2))  # within the context: generation keeps its cache
+    quality = sample_quality(model, tokenizer, text, args.temperatures, n_samples=args.samples, length=length,
+                             seed=args.seed)
+    summary = stream.summary()
+    return {
+        "text": {**summary, "loss_interval": [loss.low, loss.high],
+                 # bits per byte is the loss times a constant of the text: its interval scales with it
+                 "bits_per_byte_interval": [v * stream.n_tokens / (math.log(2) * n_bytes) for v in (loss.low, loss.high)],
+                 "window": block, "stride": args.stride or block // 2},
+        "calibration": {"ece": cal.ece, "bins": [
+            {"low": lo, "count": n, "confidence": c, "accuracy": a}
+            for lo, n, c, a in zip(cal.edges[:-1].tolist(), cal.count.tolist(), cal.confidence.nan_to_num(0).tolist(),
+                                   cal.accuracy.nan_to_num(0).tolist(), strict=True)]},
+        "multiple_choice": {"accuracy": choice.accuracy, "interval": [choice_iv.low, choice_iv.high],
+                            "chance": choice.chance, "items": len(choice.chosen)},
+        "samples": {"reference_bits_per_byte": quality.reference_bits_per_byte, "settings": quality.table()},
+    }
+
+
+def _print_eval_report(r: dict) -> None:
+    t, c, m = r["text"], r["calibration"], r["multiple_choice"]
+    print(f"{r['split']} text, {t['tokens']:,} tokens ({t['bytes']:,} bytes), windows of {t['window']} "
+          f"every {t['stride']} tokens:")
+    print(f"  loss {t['loss']:.4f} (95% interval {t['loss_interval'][0]:.4f}..{t['loss_interval'][1]:.4f})   "
+          f"perplexity {t['perplexity']:.3f}   bits per byte {t['bits_per_byte']:.4f}   "
+          f"next-token accuracy {t['accuracy']:.4f}")
+    print(f"calibration: expected calibration error {c['ece']:.4f}")
+    for b in c["bins"]:
+        if b["count"]:
+            print(f"  confidence {b['low']:.1f}-{b['low'] + 0.1:.1f}: {b['count']:>7,} tokens, mean confidence "
+                  f"{b['confidence']:.3f}, accuracy {b['accuracy']:.3f}")
+    print(f"multiple choice (the rest of a line among {round(1 / m['chance'])}), {m['items']} items: accuracy "
+          f"{m['accuracy']:.3f} (95% interval {m['interval'][0]:.3f}..{m['interval'][1]:.3f}), chance {m['chance']:.3f}")
+    s = r["samples"]
+    print(f"samples (bits per byte of real text: {s['reference_bits_per_byte']:.4f}):")
+    for row in s["settings"]:
+        n = next(k for k in row if k.startswith("distinct_"))[len("distinct_"):]
+        top_p = "" if row["top_p"] is None else f" top_p {row['top_p']:g}"
+        print(f"  temperature {row['temperature']:g}{top_p}: distinct-{n} {row[f'distinct_{n}']:.3f}   "
+              f"repetition {row[f'repetition_{n}']:.3f}   bits per byte {row['bits_per_byte']:.4f} "
+              f"({row['gap']:+.4f} from real text)")
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
@@ -278,6 +372,22 @@ def _sample_interactive(model, tokenizer, config, args: argparse.Namespace) -> i
         print(flush=True)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    """A checkpoint as a Hugging Face folder (--format hf) or an ONNX graph (--format onnx)."""
+    from .checkpoint import CheckpointError, load_model
+    from .export import to_hf, to_onnx
+
+    try:
+        model, tokenizer = load_model(args.ckpt)
+        write = to_hf if args.format == "hf" else to_onnx
+        out = write(model, args.out, tokenizer, force=args.force)
+    except (CheckpointError, ValueError, TypeError, FileExistsError, ImportError) as exc:
+        print(f"mini-gpt export: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"exported {args.ckpt} to {out} ({args.format})")
+    return 0
+
+
 def _cmd_files(args: argparse.Namespace) -> int:
     """Find (or download) and verify every course file; print where each one is."""
     failed = 0
@@ -306,8 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_flags(t)
     t.set_defaults(func=_cmd_train)
 
-    e = sub.add_parser("eval", help="loss, perplexity and next-token accuracy of a checkpoint")
-    e.add_argument("--ckpt", required=True, help="a checkpoint folder or a training --out folder")
+    e = sub.add_parser("eval", help="loss, perplexity, bits per byte, calibration, multiple choice and samples "
+                                    "of a checkpoint, with error bars")
+    e.add_argument("--ckpt", required=True,
+                   help="a checkpoint folder, a training --out folder (its newest) or DIR/best (its best)")
     e.add_argument("--data", help="default: what the model was trained on")
     e.add_argument("--split", choices=["train", "val"], default="val")
     e.add_argument("--batch-size", type=_positive_int, default=32)
@@ -315,10 +427,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--iters", type=_positive_int, default=50)
     e.add_argument("--seed", type=_non_negative_int, default=0)
     e.add_argument("--device", default="auto")
+    e.add_argument("--max-tokens", type=_non_negative_int, default=20000,
+                   help="evaluate the first N tokens of the split (0: all of it; default 20000)")
+    e.add_argument("--stride", type=_positive_int, help="tokens between window starts (default: half the context)")
+    e.add_argument("--choice-items", type=_positive_int, default=100, help="multiple-choice questions (default 100)")
+    e.add_argument("--temperatures", type=_temperatures, default=(0.7, 1.0),
+                   help="comma-separated sampling temperatures for the sample measures (default 0.7,1.0)")
+    e.add_argument("--samples", type=_positive_int, default=4, help="samples per temperature (default 4)")
+    e.add_argument("--json", action="store_true", help="print every measure as one JSON object")
     e.set_defaults(func=_cmd_eval)
 
     s = sub.add_parser("sample", help="continue a prompt with a trained model, printing text as it comes")
-    s.add_argument("--ckpt", required=True, help="a checkpoint folder or a training --out folder")
+    s.add_argument("--ckpt", required=True,
+                   help="a checkpoint folder, a training --out folder (its newest) or DIR/best (its best)")
     s.add_argument("--prompt", default="\n")
     s.add_argument("--max-new-tokens", type=_positive_int, default=500)
     s.add_argument("--temperature", type=_flag_type(Rule("number", min=0.0, min_open=True)), default=0.8,
@@ -340,6 +461,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first print the K most likely next tokens after the prompt, with their probabilities")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=_cmd_sample)
+
+    x = sub.add_parser("export", help="write a checkpoint as a Hugging Face folder (transformers loads it) or ONNX")
+    x.add_argument("--ckpt", required=True,
+                   help="a checkpoint folder, a training --out folder (its newest) or DIR/best (its best)")
+    x.add_argument("--out", required=True, help="the folder to write (must be empty or missing, unless --force)")
+    x.add_argument("--format", choices=["hf", "onnx"], default="hf",
+                   help="hf: config.json, model.safetensors and the tokenizer; onnx: model.onnx (needs the onnx extra)")
+    x.add_argument("--force", action="store_true", help="replace what an earlier export wrote in --out")
+    x.set_defaults(func=_cmd_export)
 
     # listed here for --help; `main` hands its arguments to mini_gpt.bench (see `mini-gpt bench --help`)
     sub.add_parser("bench", help="side-by-side training-step speed (fp32/bf16, explicit/fused attention) as a table")

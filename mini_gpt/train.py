@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,7 +25,15 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .attention import CausalSelfAttention
-from .checkpoint import latest_checkpoint, list_checkpoints, restore_model, restore_training_state, save_checkpoint
+from .checkpoint import (
+    BEST_DIR,
+    CheckpointError,
+    latest_checkpoint,
+    list_checkpoints,
+    restore_model,
+    restore_training_state,
+    save_checkpoint,
+)
 from .data import TextDataset
 from .validation import Rule, check_settings, setting
 
@@ -332,9 +341,10 @@ def train(
 ) -> TrainResult:
     """Train `model` (a `GPT`) on `data` and return the metrics of this run.
 
-    With `cfg.out_dir`, writes `metrics.jsonl` and checkpoints there; with `cfg.resume`, continues
-    from the newest loadable checkpoint exactly where it stopped. `meta` (JSON-able, e.g. where
-    the data came from) is stored in every checkpoint.
+    With `cfg.out_dir`, writes `metrics.jsonl` and checkpoints there, and after each evaluation
+    that beats every earlier one the checkpoint of that step into `out_dir/best` (see `checkpoint`);
+    with `cfg.resume`, continues from the newest loadable checkpoint exactly where it stopped.
+    `meta` (JSON-able, e.g. where the data came from) is stored in every checkpoint.
     """
     device = resolve_device(cfg.device)
     dist = setup_distributed(device)
@@ -374,6 +384,8 @@ def train(
     if step == 0 and out_dir is not None and dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "metrics.jsonl").write_text("")
+        shutil.rmtree(out_dir / BEST_DIR, ignore_errors=True)  # a fresh run: an older run's best is not its own
+    best_loss = _best_val_loss(out_dir / BEST_DIR) if step > 0 and out_dir is not None else math.inf
 
     run_model = torch.compile(model) if cfg.compile else model
     if dist.enabled:
@@ -381,11 +393,11 @@ def train(
 
         run_model = DDP(run_model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    def save(at_step: int) -> None:
+    def save(at_step: int, folder: Path | None = None, keep: int = cfg.keep_checkpoints, **extra: Any) -> None:
         save_checkpoint(
-            out_dir, step=at_step, model=model, model_config=model.config, optimizer=optimizer, scaler=scaler,
-            tokenizer=data.tokenizer, keep=cfg.keep_checkpoints,
-            extra={"data_stream": stream.state_dict(), "train_config": asdict(cfg), "meta": meta or {}},
+            folder or out_dir, step=at_step, model=model, model_config=model.config, optimizer=optimizer,
+            scaler=scaler, tokenizer=data.tokenizer, keep=keep,
+            extra={"data_stream": stream.state_dict(), "train_config": asdict(cfg), "meta": meta or {}, **extra},
         )
 
     def micro_batch_loss() -> torch.Tensor:
@@ -426,6 +438,11 @@ def train(
                 if out_dir is not None and dist.is_main:
                     with open(out_dir / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(record) + "\n")
+            # the best first: killed between the two, a resume replays this step and finds it kept
+            improved = record is not None and record.get("val_loss", math.inf) < best_loss  # a tie keeps the earlier
+            if out_dir is not None and dist.is_main and improved:
+                best_loss = record["val_loss"]
+                save(step, out_dir / BEST_DIR, keep=1, val_loss=best_loss)
             if out_dir is not None and dist.is_main and (step % ckpt_interval == 0 or step == cfg.max_iters):
                 save(step)
             if record is not None:  # time spent evaluating and saving does not count as training
@@ -439,6 +456,16 @@ def _all_reduce_mean(value: float, device: torch.device) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.item() / dist.get_world_size()
+
+
+def _best_val_loss(best_dir: Path) -> float:
+    """The validation loss of the best checkpoint kept so far (inf when there is none that loads)."""
+    if not list_checkpoints(best_dir):
+        return math.inf
+    try:
+        return float(latest_checkpoint(best_dir).state.get("val_loss", math.inf))
+    except CheckpointError:
+        return math.inf
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -29,14 +29,17 @@ from . import (
     causal_masks,
     checkpointing,
     crashsim,
+    evaluation,
     figures,
     lora,
+    modern_blocks,
     notebook,
     overview,
     rope,
     sampling,
     shared,
     the_full_gpt,
+    tokens,
     training,
     transformer_blocks,
 )
@@ -44,14 +47,17 @@ from .autoregressive_loss import *  # noqa: F403
 from .causal_masks import *  # noqa: F403
 from .checkpointing import *  # noqa: F403
 from .crashsim import *  # noqa: F403
+from .evaluation import *  # noqa: F403
 from .figures import *  # noqa: F403
 from .lora import *  # noqa: F403
+from .modern_blocks import *  # noqa: F403
 from .notebook import *  # noqa: F403
 from .overview import *  # noqa: F403
 from .rope import *  # noqa: F403
 from .sampling import *  # noqa: F403
 from .shared import *  # noqa: F403
 from .the_full_gpt import *  # noqa: F403
+from .tokens import *  # noqa: F403
 from .training import *  # noqa: F403
 from .transformer_blocks import *  # noqa: F403
 
@@ -61,14 +67,17 @@ __all__ = [
     *shared.__all__,
     *figures.__all__,
     *overview.__all__,
+    *tokens.__all__,
     *causal_masks.__all__,
     *autoregressive_loss.__all__,
     *transformer_blocks.__all__,
     *the_full_gpt.__all__,
     *training.__all__,
     *sampling.__all__,
+    *evaluation.__all__,
     *lora.__all__,
     *rope.__all__,
+    *modern_blocks.__all__,
     *crashsim.__all__,
     *checkpointing.__all__,
 ]

@@ -26,9 +26,9 @@ CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
 
 # the parts and the chapters in each, in order
 PARTS = {
-    "Foundations": ["overview", "causal_masks", "autoregressive_loss", "transformer_blocks", "the_full_gpt"],
-    "Training and sampling": ["training", "sampling"],
-    "Beyond the basics": ["lora", "rope", "checkpointing"],
+    "Foundations": ["overview", "tokens", "causal_masks", "autoregressive_loss", "transformer_blocks", "the_full_gpt"],
+    "Training and sampling": ["training", "sampling", "evaluation"],
+    "Beyond the basics": ["lora", "rope", "modern_blocks", "checkpointing"],
 }
 BOOK_PAGES = ["intro", "setup", "glossary", "common_mistakes", "references"]
 

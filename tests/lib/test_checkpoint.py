@@ -150,3 +150,23 @@ def test_sigkill_during_saves_always_leaves_a_loadable_checkpoint(tmp_path):
         restore_training_state(ck, opt)
         start = ck.step + 1
     assert len(list_checkpoints(tmp_path)) <= 3
+
+
+def test_a_trained_bpe_tokenizer_is_saved_beside_the_weights(tmp_path):
+    from mini_gpt.bpe import train_bpe
+
+    tok = train_bpe("the cat sat on the mat; a dog lay on the rug. " * 20, 270)
+    config = GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    torch.manual_seed(0)
+    model = GPT(config)
+    path = save_checkpoint(tmp_path, step=3, model=model, model_config=config, tokenizer=tok)
+    assert (path / "tokenizer.json").is_file()
+    assert load_checkpoint(path).state["tokenizer"] == {"type": "bytepair", "vocab_size": 270}
+    loaded, loaded_tok = load_model(tmp_path)
+    assert loaded_tok == tok and loaded_tok.encode(" the mat") == tok.encode(" the mat")
+    ids = torch.tensor([tok.encode("the cat")])
+    assert torch.equal(loaded(ids), model.eval()(ids))
+    # a tampered tokenizer file is refused by name, not used
+    (path / "tokenizer.json").write_text((path / "tokenizer.json").read_text().replace("[97, 116, 256]", "[116, 97, 256]"))
+    with pytest.raises(CheckpointError, match="has no loadable tokenizer: .*tokenizer.json"):
+        load_model(tmp_path)

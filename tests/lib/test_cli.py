@@ -76,3 +76,39 @@ def test_train_bool_flags_are_unset_unless_given():
     assert args.compile is args.resume is args.progress is None  # unset: the recipe's, else TrainConfig's
     args = build_parser().parse_args(["train", "--out", "x", "--compile", "--resume", "--no-progress"])
     assert (args.compile, args.resume, args.progress) == (True, True, False)
+
+
+def test_train_sample_and_eval_with_a_bpe_tokenizer_learned_from_the_training_split(tmp_path):
+    import os
+
+    from mini_gpt.bpe import BytePairTokenizer, train_bpe
+    from mini_gpt.data import load_text, split_text
+
+    data = tmp_path / "t.txt"
+    data.write_text(load_text("shakespeare")[:120_000], "utf-8")  # a validation split long enough for eval
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "mini_gpt.cli", *args], capture_output=True, text=True, env=env)
+
+    proc = cli("train", "--out", str(out), "--data", str(data), "--tokenizer", "bpe:300", "--max-iters", "4",
+               "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
+               "--eval-interval", "4", "--eval-iters", "1", "--no-progress", "--device", "cpu", "--dtype", "float32")
+    assert proc.returncode == 0, proc.stderr
+    saved = BytePairTokenizer.load(out / "ckpt-00000004" / "tokenizer.json")
+    assert saved == train_bpe(split_text(data.read_text("utf-8"))[0], 300) and saved.vocab_size == 300
+    proc = cli("sample", "--ckpt", str(out), "--prompt", "ROMEO:", "--max-new-tokens", "5", "--seed", "0",
+               "--device", "cpu")
+    assert proc.returncode == 0 and proc.stdout.startswith("ROMEO:"), proc.stderr
+    proc = cli("eval", "--ckpt", str(out), "--iters", "1", "--batch-size", "2", "--device", "cpu")
+    assert proc.returncode == 0 and "loss" in proc.stdout, proc.stderr
+
+
+def test_tokenizer_flag_takes_bpe_n(capsys):
+    from mini_gpt.cli import build_parser
+
+    assert build_parser().parse_args(["train", "--out", "x", "--tokenizer", "bpe:512"]).tokenizer == "bpe:512"
+    err = parse_error(capsys, "--tokenizer", "bpe:100")
+    assert "argument --tokenizer: must be one of 'char', 'gpt2', 'r50k_base' or 'bpe:N' (N an int >= 256), " \
+           "got 'bpe:100'" in err

@@ -124,3 +124,23 @@ def test_cuda_training_in_bf16_lowers_the_loss_and_resumes(tmp_path):
     losses = [r["train_loss"] for r in first.history + resumed.history if "train_loss" in r]
     assert losses[-1] < 0.6 * losses[0]
     assert resumed.step == 60
+
+
+LLAMA_STYLE = dict(pos_encoding="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=2, qk_norm=True,
+                   tie_embeddings=False, bias=False)
+
+
+def test_cuda_llama_style_model_equals_the_cpu_and_its_cache_equals_recomputing():
+    cpu = model_on("cpu", **LLAMA_STYLE)
+    gpu = model_on("cpu", **LLAMA_STYLE).cuda().eval()
+    idx = tokens(2, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(gpu(idx.cuda()).cpu(), cpu(idx), atol=2e-5, rtol=1e-4)
+        fused = gpu(idx.cuda())
+        gpu.set_attention_impl("explicit")
+        torch.testing.assert_close(gpu(idx.cuda()), fused, atol=2e-5, rtol=1e-4)  # GQA in both paths
+        gpu.set_attention_impl("sdpa")
+    prompt = idx[:, :5].cuda()
+    for options in (dict(do_sample=False), dict(do_sample=False, num_beams=3), dict(top_p=0.9, seed=2)):
+        cached = generate(gpu, prompt, 30, use_cache=True, **options)
+        assert torch.equal(cached, generate(gpu, prompt, 30, use_cache=False, **options)), options
