@@ -1,6 +1,6 @@
 """The tokens chapter: how compression grows with the vocabulary (`plot_compression`), a model's
 bits per byte on a text (`bits_per_byte_on`), and the exercise checks of byte-level BPE:
-counting adjacent pairs (`check_pair_counts`), one merge (`check_merge`) and decoding (`check_decode`)."""
+counting adjacent pairs (`check_pair_counts`), one merge (`check_merge_pair`) and decoding (`check_decode`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ..evaluate import bits_per_byte
 from ..validation import check_int
 from .checking import Answer, Case, probably, run_check
 
-__all__ = ["plot_compression", "bits_per_byte_on", "check_pair_counts", "check_merge", "check_decode"]
+__all__ = ["plot_compression", "bits_per_byte_on", "check_pair_counts", "check_merge_pair", "check_decode"]
 
 
 def plot_compression(sizes: Sequence[int], bytes_per_token: Sequence[float], ax=None, *, label: str = "BPE"):
@@ -179,7 +179,7 @@ def _merge_mistakes(ids: list[int], pair: tuple[int, int], new_id: int):
     ]
 
 
-def check_merge(fn: Callable[[list[int], tuple[int, int], int], list[int]]) -> None:
+def check_merge_pair(fn: Callable[[list[int], tuple[int, int], int], list[int]]) -> None:
     """fn(ids, pair, new_id) -> ids with every occurrence of pair replaced by new_id, left to right:
     compared with `mini_gpt.bpe.merge_pair` on several byte sequences."""
     cases = [Case(f"the bytes of {text!r} merging {pair}", (list(text.encode("utf-8")), pair, 256))
@@ -188,7 +188,7 @@ def check_merge(fn: Callable[[list[int], tuple[int, int], int], list[int]]) -> N
     def report(answer: Answer, got, expected, case: Case, hints: list[str]):
         return answer.fail(f"on {case.where} expected {expected}, got {got}" + probably(hints))
 
-    run_check(fn, "check_merge", cases, reference=merge_pair, convert=_as_ids,
+    run_check(fn, "check_merge_pair", cases, reference=merge_pair, convert=_as_ids,
               agree=lambda got, expected: got == expected, mistakes=_merge_mistakes, report=report,
               passed=f"merges like bpe.merge_pair on {len(cases)} cases")
 

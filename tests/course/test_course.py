@@ -513,3 +513,21 @@ def test_max_diff_reports_infinities_as_infinite_and_equal_infinities_as_equal()
     assert max_diff(torch.tensor([-inf, 1.0]), torch.tensor([0.0, 1.0])) == inf
     assert max_diff(torch.tensor([float("nan")]), torch.tensor([0.0])) == inf
     assert max_diff(torch.empty(0), torch.empty(0)) == 0.0
+
+
+def test_no_two_course_modules_export_the_same_name():
+    """`course/__init__` re-exports every module's names with `import *`: a name two chapters
+    both export (e.g. two `check_merge`s) would silently give one chapter the other's check."""
+    import importlib
+    import pkgutil
+
+    owners: dict[str, list[str]] = {}
+    for info in pkgutil.iter_modules(course.__path__):
+        module = importlib.import_module(f"mini_gpt.course.{info.name}")
+        for name in getattr(module, "__all__", ()):
+            if name in course.__all__:  # the re-exported ones (the harness in `checking` is not)
+                owners.setdefault(name, []).append(info.name)
+    shared = {name: mods for name, mods in owners.items() if len(mods) > 1}
+    assert not shared, shared
+    for name, (mod,) in owners.items():
+        assert getattr(course, name) is getattr(importlib.import_module(f"mini_gpt.course.{mod}"), name), name

@@ -14,7 +14,7 @@ from mini_gpt.tokenizer import CharTokenizer
 
 from check_helpers import fails, passes
 
-CHECKS = [course.check_pair_counts, course.check_merge, course.check_decode]
+CHECKS = [course.check_pair_counts, course.check_merge_pair, course.check_decode]
 
 
 @pytest.mark.parametrize("check", CHECKS)
@@ -98,8 +98,8 @@ def test_merge_right_answers(capsys):
                 out.append(x)
         return out
 
-    assert "6 cases" in passes(course.check_merge, by_index, capsys)
-    passes(course.check_merge, lambda ids, pair, new_id: torch.tensor(with_a_flag(ids, pair, new_id)), capsys)
+    assert "6 cases" in passes(course.check_merge_pair, by_index, capsys)
+    passes(course.check_merge_pair, lambda ids, pair, new_id: torch.tensor(with_a_flag(ids, pair, new_id)), capsys)
 
 
 def _keeps_second(ids, pair, new_id):
@@ -140,7 +140,7 @@ def _right_to_left(ids, pair, new_id):
     ],
 )
 def test_merge_wrong_answers(wrong, match):
-    fails(course.check_merge, wrong, match)
+    fails(course.check_merge_pair, wrong, match)
 
 
 # ---------------------------------------------------------------------------- decoding
