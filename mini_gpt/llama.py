@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from .config import GPTConfig
-from .model import GPT
+from .model import GPT, check_state_dict
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -178,15 +178,10 @@ def _read_source(
     if isinstance(source, Mapping):
         if config is None:
             raise ValueError("a Llama state dict needs its config: pass config= (config.json's dict or a LlamaConfig)")
-        bad = [k for k, v in source.items() if not isinstance(v, torch.Tensor)]
-        if bad:
-            raise TypeError(f"source state dict must map names to tensors; not tensors: {bad[:5]}")
-        return source, config
+        return check_state_dict(source), config
     if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(
-            f"source must be a folder with {CONFIG_FILE} and {WEIGHTS_FILE}, a state dict (with config=) "
-            f"or a Hugging Face model name, got {type(source).__name__}"
-        )
+        allowed = f"a folder with {CONFIG_FILE} and {WEIGHTS_FILE}, a state dict (with config=) or a Hugging Face name"
+        raise TypeError(f"source must be {allowed}, got {type(source).__name__}")
     path = Path(source).expanduser()
     if path.is_dir():
         folder = path

@@ -406,6 +406,14 @@ class GPT(nn.Module):
         return model.eval()
 
 
+def check_state_dict(source: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`source` if it maps every name to a tensor; else a TypeError naming the first few that do not."""
+    bad = [k for k, v in source.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise TypeError(f"source state dict must map names to tensors; not tensors: {bad[:5]}")
+    return source
+
+
 def _n_head_of_folder(source: object) -> int | None:
     """The head count a Hugging Face GPT-2 folder's config.json records, if `source` is one."""
     if not isinstance(source, (str, os.PathLike)) or not (Path(source).expanduser() / "config.json").is_file():
@@ -421,10 +429,7 @@ def _n_head_of_folder(source: object) -> int | None:
 def _read_gpt2_weights(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
     """A state dict from a mapping, a safetensors file or folder, or a Hub model name."""
     if isinstance(source, Mapping):
-        bad = [k for k, v in source.items() if not isinstance(v, torch.Tensor)]
-        if bad:
-            raise TypeError(f"source state dict must map names to tensors; not tensors: {bad[:5]}")
-        return source
+        return check_state_dict(source)
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(
             f"source must be a state dict, a path to model.safetensors (or its folder) or a model "

@@ -99,14 +99,16 @@ def _gpt2_recipe(size: str, description: str, batch_size: int, learning_rate: fl
                              learning_rate=learning_rate))
 
 
+# a character model of Tiny Shakespeare sized for a 2-core CPU (see `mini-gpt bench`'s time-to-loss table)
+_CHAR_CPU = dict(batch_size=32, max_iters=2000, learning_rate=2e-3, warmup_iters=100, eval_interval=250,
+                 eval_iters=20, weight_decay=0.1, beta2=0.99)
+
 RECIPES: dict[str, Recipe] = _recipes(
     Recipe(
         "shakespeare-char",
-        # sized for a 2-core CPU: see the time-to-loss table of `mini-gpt bench`
         "a 0.8M-parameter character model of Tiny Shakespeare, minutes on a laptop CPU",
         preset="shakespeare-char",
-        train=dict(batch_size=32, max_iters=2000, learning_rate=2e-3, warmup_iters=100, eval_interval=250,
-                   eval_iters=20, weight_decay=0.1, beta2=0.99),
+        train=_CHAR_CPU,
     ),
     Recipe(
         "course-shakespeare",
@@ -125,8 +127,7 @@ RECIPES: dict[str, Recipe] = _recipes(
         # shakespeare-char's recipe for the same size of model built the Llama way (see the preset)
         "shakespeare-char's size and recipe with Llama's blocks: RMSNorm, SwiGLU, RoPE, grouped-query attention",
         preset="llama-style",
-        train=dict(batch_size=32, max_iters=2000, learning_rate=2e-3, warmup_iters=100, eval_interval=250,
-                   eval_iters=20, weight_decay=0.1, beta2=0.99),
+        train=_CHAR_CPU,
     ),
     _gpt2_recipe("gpt2", "GPT-2 124M on Tiny Shakespeare with GPT-2's tokenizer: a GPU job", 8, 6e-4),
     _gpt2_recipe("gpt2-medium", "GPT-2 350M: gpt2's recipe in micro-batches of 4, peak learning rate 3e-4", 4, 3e-4),

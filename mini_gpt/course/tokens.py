@@ -157,16 +157,9 @@ def _merge_mistakes(ids: list[int], pair: tuple[int, int], new_id: int):
             i += 1
         return out
 
-    def dropping_last():  # the loop stops one short and never appends the last id
-        out, i = [], 0
-        while i < len(ids) - 1:
-            if (ids[i], ids[i + 1]) == pair:
-                out.append(new_id)
-                i += 2
-            else:
-                out.append(ids[i])
-                i += 1
-        return out
+    def dropping_last():  # the loop stops one short: a last id left unmerged is never appended
+        merged = merge_pair(ids, pair, new_id)
+        return merged if merged[-1:] == [new_id] else merged[:-1]  # (a new id is never an old one)
 
     def right_to_left():
         return merge_pair(ids[::-1], pair[::-1], new_id)[::-1]

@@ -18,9 +18,10 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from book_toc import ROOT, TOC, chapter_files, chapter_paths, chapter_title, toc_files, yaml
 
 from mini_gpt import course
+
+from book_toc import ROOT, TOC, chapter_files, chapter_paths, chapter_title, toc_files, yaml
 
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
 

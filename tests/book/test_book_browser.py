@@ -19,9 +19,10 @@ import pytest
 
 pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
 Image = pytest.importorskip("PIL.Image", reason="Pillow is not installed (it comes with matplotlib)")
-from book_toc import chapter_files
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
+
+from book_toc import chapter_files
 
 WIDTH, HEIGHT = 1280, 900
 

@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from book_toc import chapter_paths, chapter_title
 
 pytest.importorskip("jupyterlab", reason="JupyterLab is not installed (pip install -e '.[book]')")

@@ -18,11 +18,12 @@ import shlex
 from pathlib import Path
 
 import pytest
-from book_toc import ROOT, TOC, chapter_files, chapter_paths, chapter_title
 from packaging.requirements import Requirement
 from packaging.version import Version
 
 from mini_gpt import course
+
+from book_toc import ROOT, TOC, chapter_files, chapter_paths, chapter_title
 
 pytest.importorskip("IPython", reason="IPython comes with ipykernel (pip install -e '.[book]')")
 from IPython.core.inputtransformer2 import TransformerManager

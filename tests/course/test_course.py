@@ -56,6 +56,16 @@ def test_an_exception_in_the_answer_names_the_input():
     fails(course.check_causal_mask, my_causal_mask, r"raised RuntimeError: boom \(on T=4\)")
 
 
+# check_atomic_write runs the answer under simulated crashes: its report of an exception is its own
+@pytest.mark.parametrize("check", [c for c in ONE_FUNCTION_CHECKS if c is not course.check_atomic_write],
+                         ids=lambda c: c.__name__)
+def test_every_check_names_the_input_an_answer_raised_on(check):
+    def broken(*args):
+        raise RuntimeError("boom")
+
+    fails(check, broken, r"raised RuntimeError: boom \(on ")
+
+
 def test_setup_notebook_pins_threads_and_silences_progress(monkeypatch):
     threads = torch.get_num_threads()
     monkeypatch.delenv("TQDM_DISABLE", raising=False)

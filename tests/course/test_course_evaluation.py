@@ -21,14 +21,6 @@ def test_an_unanswered_exercise_gets_the_reminder(check, capsys):
     assert "returned None: write its body" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("check", CHECKS)
-def test_an_exception_in_the_answer_names_the_input(check):
-    def broken(*args):
-        raise RuntimeError("boom")
-
-    fails(check, broken, r"raised RuntimeError: boom \(on ")
-
-
 # ---------------------------------------------------------------------------- distinct-n
 
 

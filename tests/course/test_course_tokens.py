@@ -18,14 +18,6 @@ CHECKS = [course.check_pair_counts, course.check_merge_pair, course.check_decode
 
 
 @pytest.mark.parametrize("check", CHECKS)
-def test_an_exception_in_the_answer_names_the_input(check):
-    def broken(*args):
-        raise RuntimeError("boom")
-
-    fails(check, broken, r"raised RuntimeError: boom \(on ")
-
-
-@pytest.mark.parametrize("check", CHECKS)
 def test_an_unanswered_exercise_gets_the_reminder(check, capsys):
     def my_answer(*args):
         ...
@@ -76,14 +68,14 @@ def test_pair_counts_wrong_answers(wrong, match):
 
 def test_merge_right_answers(capsys):
     def by_index(ids, pair, new_id):
-        out, i = [], 0
-        while i < len(ids):
-            if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
+        positions = iter(range(len(ids)))
+        out = []
+        for i in positions:
+            if tuple(ids[i:i + 2]) == pair:
                 out.append(new_id)
-                i += 2
+                next(positions, None)  # the pair's second id is part of the new one
             else:
                 out.append(ids[i])
-                i += 1
         return out
 
     def with_a_flag(ids, pair, new_id):

@@ -128,6 +128,7 @@ def test_planted_pickle_is_refused_without_running_it(tmp_path):
     assert pickle.loads(pickle.dumps(payload)) and marker.exists()  # the payload was live
 
 
+@pytest.mark.slow
 def test_sigkill_during_saves_always_leaves_a_loadable_checkpoint(tmp_path):
     rng = random.Random(0)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

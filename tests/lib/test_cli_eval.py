@@ -2,26 +2,17 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+
+from cli_runner import cli
 
 TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8",
         "--max-iters", "10", "--log-interval", "5", "--eval-interval", "5", "--eval-iters", "2", "--no-progress",
         "--dtype", "float32", "--device", "cpu"]
 SMALL_EVAL = ["--iters", "2", "--batch-size", "4", "--device", "cpu", "--max-tokens", "3000", "--choice-items", "20",
               "--samples", "2", "--temperatures", "0.5,1"]
-
-
-def cli(*args, check=True):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same thread count in every process
-    proc = subprocess.run([sys.executable, "-m", "mini_gpt.cli", *args], capture_output=True, text=True, env=env)
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
 
 
 @pytest.fixture(scope="module")

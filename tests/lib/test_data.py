@@ -104,17 +104,20 @@ def test_bad_sources(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # a byte-level BPE learned from the data ("bpe:N")
 
-TRAIN_PART = load_text("shakespeare")[:4500]
+@pytest.fixture
+def train_part():
+    """The first 4,500 characters of Tiny Shakespeare (read when a test asks, not at collection)."""
+    return load_text("shakespeare")[:4500]
 
 
-def test_bpe_n_learns_its_merges_from_the_training_split_only():
+def test_bpe_n_learns_its_merges_from_the_training_split_only(train_part):
     from mini_gpt.bpe import train_bpe
     from mini_gpt.data import TextDataset, split_text
 
     # two texts with the same first 90% of characters and very different last 10%
-    a = TRAIN_PART + "zzzz qqqq " * 50
-    b = TRAIN_PART + "xyxy wvwv " * 50
-    assert split_text(a)[0] == split_text(b)[0] and TRAIN_PART.startswith(split_text(a)[0])
+    a = train_part + "zzzz qqqq " * 50
+    b = train_part + "xyxy wvwv " * 50
+    assert split_text(a)[0] == split_text(b)[0] and train_part.startswith(split_text(a)[0])
     da, db = TextDataset.from_text(a, "bpe:300"), TextDataset.from_text(b, "bpe:300")
     assert da.tokenizer == db.tokenizer == train_bpe(split_text(a)[0], 300)
     # a tokenizer fitted to the validation text would have merged its frequent pairs
@@ -126,11 +129,11 @@ def test_bpe_n_learns_its_merges_from_the_training_split_only():
     assert x.shape == (2, 8) and torch.equal(x[:, 1:], y[:, :-1]) and int(x.max()) < 300
 
 
-def test_a_bytepair_tokenizer_object_splits_the_text_the_same_way(tmp_path):
+def test_a_bytepair_tokenizer_object_splits_the_text_the_same_way(tmp_path, train_part):
     from mini_gpt.data import TextDataset
 
     path = tmp_path / "t.txt"
-    path.write_text(TRAIN_PART, "utf-8")
+    path.write_text(train_part, "utf-8")
     trained = load_dataset(path, "bpe:280", val_fraction=0.2)
     again = TextDataset.from_text(path.read_text("utf-8"), trained.tokenizer, val_fraction=0.2)
     assert torch.equal(again.train, trained.train) and torch.equal(again.val, trained.val)

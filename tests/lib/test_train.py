@@ -24,18 +24,12 @@ from mini_gpt.train import (
     train_step,
 )
 
+from cli_runner import cli
+
 WORKERS = Path(__file__).parent / "workers"
 TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8",
         "--dropout", "0.1", "--log-interval", "1", "--eval-interval", "5", "--eval-iters", "2", "--no-progress",
         "--dtype", "float32", "--device", "cpu"]
-
-
-def cli(*args, check=True):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same thread count in every process
-    proc = subprocess.run([sys.executable, "-m", "mini_gpt.cli", *args], capture_output=True, text=True, env=env)
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
 
 
 def losses(out):
@@ -73,6 +67,7 @@ def test_weight_decay_only_on_matrices():
     assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == model.num_parameters()
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, str(WORKERS / "ddp_train.py"), str(tmp_path / "one.st"), "2"],
