@@ -55,15 +55,6 @@ from .train import (
 # the model
 
 
-def final_hidden_states(gpt: GPT, idx: torch.Tensor) -> torch.Tensor:
-    """Token ids (B, T) -> the GPT's last hidden states (B, T, C): ln_f's output, what lm_head reads.
-
-    `GPT.hidden_states` is the GPT without its head, so the vocabulary projection (50257 columns
-    for GPT-2) is never computed: a classifier does not need logits.
-    """
-    return gpt.hidden_states(idx)  # (B, T, C)
-
-
 class GPTClassifier(nn.Module):
     """A GPT with a classification head on the hidden state of each sequence's last real token.
 

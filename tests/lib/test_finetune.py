@@ -15,7 +15,6 @@ from mini_gpt.finetune import (
     build_classifier,
     classification_metrics,
     evaluate_classifier,
-    final_hidden_states,
     finetune,
     scramble_task,
     speaker_task,
@@ -53,20 +52,6 @@ def pretrained():
 # ------------------------------------------------------------------------------ the classifier
 
 
-def test_final_hidden_states_are_what_lm_head_reads():
-    torch.manual_seed(0)
-    gpt = GPT(TINY).eval()
-    idx = torch.randint(0, 65, (3, 20))
-    seen = []
-    handle = gpt.transformer.ln_f.register_forward_hook(lambda m, args, out: seen.append(out))
-    logits = gpt(idx)
-    handle.remove()
-    h = final_hidden_states(gpt, idx)
-    assert h.shape == (3, 20, 64) and torch.equal(h, seen[0])
-    torch.testing.assert_close(gpt.lm_head(h), logits, rtol=0, atol=0)
-    assert not gpt.lm_head._forward_pre_hooks  # the hook is removed again
-
-
 def test_hidden_states_are_the_gpt_without_its_head():
     torch.manual_seed(0)
     gpt = GPT(TINY).eval()
@@ -77,6 +62,7 @@ def test_hidden_states_are_the_gpt_without_its_head():
     handle.remove()
     h = gpt.hidden_states(idx)
     assert h.shape == (3, 20, 64) and torch.equal(h, seen[0])  # ln_f's output, as a hook catches it
+    torch.testing.assert_close(gpt.lm_head(h), logits, rtol=0, atol=0)  # forward is exactly hidden_states + head
     # the head is the token embedding matrix (tied weights): logits = h @ wte^T
     torch.testing.assert_close(h @ gpt.transformer.wte.weight.T, logits, rtol=1e-5, atol=1e-5)
     # with return_attention (the written-out attention path), the same as forward's
@@ -107,7 +93,7 @@ def test_right_padding_changes_nothing():
     # without lengths, the last token that is not padding is used
     torch.testing.assert_close(clf(batch), both, rtol=0, atol=0)
     # it is the hidden state of that token (here position 6) that the head reads
-    h = final_hidden_states(clf.gpt, batch)
+    h = clf.gpt.hidden_states(batch)
     torch.testing.assert_close(both[0], clf.head(h[0, 6]), rtol=1e-6, atol=1e-7)
 
 
